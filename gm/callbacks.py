@@ -1,0 +1,59 @@
+"""Lightning plug-ins: atomic checkpoints and a progress bar that counts steps, not epochs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file and rename, so a kill never leaves a torn ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):  # remote filesystems: Lightning's own path
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        get_filesystem(str(path)).makedirs(str(path.parent), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar for the whole run that counts optimiser steps toward ``max_steps``.
+
+    A streamed genome's epochs are an implementation detail; users care how far the run is.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if trainer.max_steps and trainer.max_steps > 0:
+            self.train_progress_bar.total = trainer.max_steps
+            _update_n(self.train_progress_bar, trainer.global_step)
+            self.train_progress_bar.set_description(f"step (epoch {trainer.current_epoch})")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not (trainer.max_steps and trainer.max_steps > 0):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        if self.train_progress_bar is not None and self._should_update(step, self.train_progress_bar.total):
+            _update_n(self.train_progress_bar, step)
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

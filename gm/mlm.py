@@ -1,0 +1,166 @@
+"""Masked-language-model pretraining of a BERT encoder on k-mer tokens, as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_warmup
+
+from gm.masking import MaskedBatch, MaskingStrategy
+from gm.tokenizer import KmerTokenizer, PAD_ID
+from gm.utils import GMError
+
+
+def build_bert_config(k: int, **encoder: Any) -> BertConfig:
+    """A ``BertConfig`` for DNABERT's k-mer vocabulary; ``encoder`` holds the sizes (conf/model)."""
+    return BertConfig(vocab_size=4**k + 5, pad_token_id=PAD_ID, attn_implementation="sdpa", **encoder)
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers, so randomness is a pure function of (seed, rank, step)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+class MLMModule(pl.LightningModule):
+    """BERT MLM with a pluggable :class:`~gm.masking.MaskingStrategy`.
+
+    Masking happens in the step, on the batch's device. Its randomness and dropout's are seeded
+    from (seed, rank, epoch, batch index), so a run resumed from a checkpoint draws exactly what
+    the uninterrupted run would have drawn, on any number of devices.
+    """
+
+    def __init__(
+        self,
+        encoder: dict[str, Any],
+        masking: MaskingStrategy,
+        k: int = 6,
+        lr: float = 8e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        warmup_steps: float = 0.05,
+        seed: int = 0,
+        masking_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["masking"])
+        self.hparams["masking_name"] = masking_name or masking.name
+        self.hparams["masking_config"] = repr(masking)
+        self.masking = masking
+        self.tokenizer = KmerTokenizer(k=k, max_length=int(encoder.get("max_position_embeddings", 512)))
+        self.model = BertForMaskedLM(build_bert_config(k, **encoder))
+        self._generator: torch.Generator | None = None
+        self.val_loss, self.val_accuracy, self.val_masked_fraction = MeanMetric(), MeanMetric(), MeanMetric()
+        self._last_batch_end: float | None = None
+
+    # ------------------------------------------------------------------------------ masking & loss
+    def _seeded_generator(self, device: torch.device, *parts: int) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(step_seed(self.hparams.seed, self.global_rank, *parts))
+        return self._generator
+
+    def mask(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> MaskedBatch:
+        return self.masking(batch["input_ids"], generator)
+
+    def mlm_loss(self, masked: MaskedBatch, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean cross-entropy over masked positions; 0 (not NaN) for a batch with nothing masked.
+
+        The prediction head runs only on the ~15% masked positions: on overlapping 6-mers its
+        4,101-way output layer is a large share of a small model's compute.
+        """
+        hidden = self.model.bert(input_ids=masked.input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.model.cls(hidden[masked.masked])  # (n_masked, vocab)
+        labels = masked.labels[masked.masked]
+        n_masked = masked.masked.sum()
+        denominator = n_masked.clamp(min=1)
+        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct = (logits.argmax(-1) == labels).sum()
+        return {
+            "loss": loss_sum / denominator,
+            "accuracy": correct / denominator,
+            "masked_fraction": n_masked / masked.valid.sum().clamp(min=1),
+            "n_masked": n_masked,
+            "n_valid": masked.valid.sum(),
+        }
+
+    # ------------------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        device = batch["input_ids"].device
+        seed_parts = (self.current_epoch, batch_idx)
+        torch.manual_seed(step_seed(self.hparams.seed, self.global_rank, 1, *seed_parts))  # dropout
+        masked = self.mask(batch, self._seeded_generator(device, 0, *seed_parts))
+        out = self.mlm_loss(masked, batch["attention_mask"])
+        self.log("train/loss", out["loss"], prog_bar=True)
+        self.log("train/perplexity", torch.exp(out["loss"].detach()))
+        self.log("train/accuracy", out["accuracy"])
+        self.log("train/masked_fraction", out["masked_fraction"])
+        self._tokens_in_batch = batch["attention_mask"].sum()
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            elapsed = now - self._last_batch_end
+            self.log("train/tokens_per_sec", self._tokens_in_batch * self.trainer.world_size / elapsed)
+        self._last_batch_end = now
+
+    def on_validation_start(self) -> None:
+        self._last_batch_end = None  # do not count validation time as a training step
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # the same masks at every validation, so the curve compares like with like
+        masked = self.mask(batch, self._seeded_generator(batch["input_ids"].device, 2, batch_idx))
+        out = self.mlm_loss(masked, batch["attention_mask"])
+        self.val_loss.update(out["loss"], weight=out["n_masked"])
+        self.val_accuracy.update(out["accuracy"], weight=out["n_masked"])
+        self.val_masked_fraction.update(out["masked_fraction"], weight=out["n_valid"])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/perplexity", torch.exp(loss))
+        self.log("val/accuracy", self.val_accuracy.compute())
+        self.log("val/masked_fraction", self.val_masked_fraction.compute())
+        for metric in (self.val_loss, self.val_accuracy, self.val_masked_fraction):
+            metric.reset()
+
+    # ------------------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            fused=self.device.type == "cuda",
+        )
+        total = self.trainer.max_steps
+        if total is None or total < 0:
+            total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise GMError("trainer.max_steps must be set: a streamed genome has no fixed epoch length")
+        warmup = hp.warmup_steps * total if 0 <= hp.warmup_steps < 1 else hp.warmup_steps
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(min(warmup, total)), int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ export
+    def export_hf(self, directory: str | Path) -> Path:
+        """Save a Hugging Face directory (config, weights, DNABERT vocab) loadable by ``transformers``."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory

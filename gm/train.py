@@ -1,0 +1,75 @@
+"""Pretraining: compose the pieces named by the config and fit (called by ``train.py``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gm.callbacks import AtomicCheckpointIO
+from gm.genome import GenomeDataModule
+from gm.mlm import MLMModule
+from gm.utils import GMError
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group like ``callbacks`` or ``logger`` (null entries skipped)."""
+    return [instantiate(entry) for entry in (group or {}).values() if entry is not None and "_target_" in entry]
+
+
+def check_lengths(cfg: DictConfig) -> None:
+    positions = int(cfg.model.max_position_embeddings)
+    if int(cfg.data.max_kmers) + 2 > positions:
+        raise GMError(
+            f"data.max_kmers={cfg.data.max_kmers} plus [CLS] and [SEP] is longer than the model's "
+            f"{positions} positions (model.max_position_embeddings); lower data.max_kmers to at most {positions - 2}"
+        )
+
+
+def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
+    """The data module, model and trainer of a pretraining run, from its composed config."""
+    check_lengths(cfg)
+    if cfg.get("seed") is not None:  # 0 is a seed too
+        pl.seed_everything(int(cfg.seed), workers=True)
+    datamodule: GenomeDataModule = instantiate(cfg.data)
+    masking = instantiate(cfg.masking, k=cfg.k)
+    encoder = OmegaConf.to_container(cfg.model, resolve=True)
+    module = MLMModule(encoder=encoder, masking=masking, k=cfg.k, seed=int(cfg.seed or 0), **cfg.optim)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Pretrain; returns the final logged metrics. Resumes when ``cfg.ckpt_path`` is set."""
+    datamodule, module, trainer = build(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if cfg.get("export_hf") and trainer.is_global_zero:
+            path = module.export_hf(f"{cfg.paths.output_dir}/hf")
+            log.info("exported Hugging Face model to %s", path)
+    finally:
+        _finish_wandb()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("final metrics: %s", metrics)
+    return metrics
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next job of a multirun (same process) gets its own run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
