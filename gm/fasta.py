@@ -7,8 +7,11 @@ DataLoader worker memory-maps. It is built once, atomically, and rebuilt when th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -44,10 +47,15 @@ def is_url(location: str) -> bool:
     return urllib.parse.urlparse(str(location)).scheme in {"http", "https", "ftp", "file"}
 
 
+def fetch_target(url: str, directory: str | os.PathLike) -> Path:
+    """Where :func:`fetch` stores ``url`` in ``directory`` (the URL path's last part, without query)."""
+    return Path(directory) / (Path(urllib.parse.urlparse(url).path).name or "genome.fa.gz")
+
+
 def fetch(url: str, directory: str | os.PathLike) -> Path:
     """Download ``url`` into ``directory`` once (atomically, with a progress bar) and return the path."""
-    name = Path(urllib.parse.urlparse(url).path).name or "genome.fa.gz"
-    target = Path(directory) / name
+    target = fetch_target(url, directory)
+    name = target.name
     if target.is_file() and target.stat().st_size > 0:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,14 +63,21 @@ def fetch(url: str, directory: str | os.PathLike) -> Path:
     try:
         with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:  # noqa: S310 (user-given URL)
             total = int(response.headers.get("Content-Length") or 0) or None
+            written = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
+                    written += len(block)
                     bar.update(len(block))
+            if total is not None and written != total:
+                raise GMError(f"{url}: download incomplete: got {written} of {total} bytes")
         os.replace(tmp, target)
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:  # HTTPException: e.g. a connection cut mid-body
         tmp.unlink(missing_ok=True)
-        raise GMError(f"{url}: download failed: {err}") from err
+        raise GMError(f"{url}: download failed: {err!r}") from err
+    except BaseException:  # never leave a .part file behind (Ctrl-C, short download)
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -107,6 +122,7 @@ def _parse(handle: BinaryIO, path: Path, chunk_size: int, bar: tqdm) -> Iterator
     parts: list[np.ndarray] = []
     line_no = 1  # line number of the first byte of `pending`
     pending = b""
+    started = False  # seen the first non-blank byte (which must open a '>' header)
     raw = getattr(handle, "fileobj", None) or handle  # the compressed stream, for the progress bar
     last_pos = 0
     while True:
@@ -130,13 +146,22 @@ def _parse(handle: BinaryIO, path: Path, chunk_size: int, bar: tqdm) -> Iterator
         line_starts = np.concatenate(([0], np.flatnonzero(buf == _NEWLINE) + 1))
         line_starts = line_starts[line_starts < buf.size]
         headers = line_starts[buf[line_starts] == _GT]
-        if name is None and line_no == 1:
-            first = next((i for i in line_starts if not _WHITESPACE[buf[i]]), None)
-            if first is None:
+        if not started:  # leading blank lines are allowed; the first other line must be a header
+            content = np.flatnonzero(~_WHITESPACE[buf])
+            if content.size == 0:
                 line_no += int(np.count_nonzero(buf == _NEWLINE))
                 continue
+            started = True
+            first = int(content[0])
             if buf[first] != _GT:
-                raise GMError(f"{path}: not a FASTA file: line 1 does not start with '>' (got {data[first:first + 20]!r})")
+                line = line_no + int(np.count_nonzero(buf[:first] == _NEWLINE))
+                end = data.find(b"\n", first)
+                first_line = buf[first:end if end >= 0 else buf.size]
+                if _SEQUENCE_BYTE[first_line].all():
+                    raise GMError(f"{path}: line {line}: sequence before the first '>' header")
+                raise GMError(
+                    f"{path}: not a FASTA file: line {line} does not start with '>' (got {data[first:first + 20]!r})"
+                )
         seq_start = 0
         for header in list(headers) + [buf.size]:
             block = buf[seq_start:header]
@@ -146,16 +171,22 @@ def _parse(handle: BinaryIO, path: Path, chunk_size: int, bar: tqdm) -> Iterator
                     where = seq_start + int(np.argmax(bad))
                     line = line_no + int(np.count_nonzero(buf[:where] == _NEWLINE))
                     raise GMError(f"{path}: line {line}: byte {data[where:where + 1]!r} is not a sequence character (not a FASTA file?)")
-                if name is None:
-                    raise GMError(f"{path}: line {line_no}: sequence before the first '>' header")
-                parts.append(BYTE_TO_CODE[block[~_WHITESPACE[block]]])
+                content = ~_WHITESPACE[block]
+                if name is None:  # only blank lines may precede the first header
+                    if content.any():
+                        where = seq_start + int(np.argmax(content))
+                        line = line_no + int(np.count_nonzero(buf[:where] == _NEWLINE))
+                        raise GMError(f"{path}: line {line}: sequence before the first '>' header")
+                else:
+                    parts.append(BYTE_TO_CODE[block[content]])
             if header == buf.size:
                 break
             end = data.find(b"\n", header)
             end = len(data) if end < 0 else end
             if name is not None:
                 yield Record(name, np.concatenate(parts) if parts else np.zeros(0, np.uint8))
-            name = data[header + 1:end].decode("utf-8", "replace").split()[0] if end > header + 1 else ""
+            words = data[header + 1:end].decode("utf-8", "replace").split()
+            name = words[0] if words else ""  # a header of only whitespace (or '\r') names nothing
             parts = []
             seq_start = end + 1
         line_no += int(np.count_nonzero(buf == _NEWLINE))
@@ -166,14 +197,14 @@ def _parse(handle: BinaryIO, path: Path, chunk_size: int, bar: tqdm) -> Iterator
 
 # ------------------------------------------------------------------------------------------ cache
 def fingerprint(path: str | os.PathLike) -> dict:
-    """Identity of a source file: size, mtime and a hash of its first and last MiB."""
+    """Identity of a source file: size, mtime and a hash of its first and last MiB (all of it up to 2 MiB)."""
     path = Path(path)
     stat = path.stat()
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
         digest.update(handle.read(1 << 20))
-        if stat.st_size > 2 << 20:
-            handle.seek(-(1 << 20), os.SEEK_END)
+        if stat.st_size > 1 << 20:  # the last MiB, or all that the first left out
+            handle.seek(max(1 << 20, stat.st_size - (1 << 20)))
             digest.update(handle.read())
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": digest.hexdigest()}
 
@@ -226,21 +257,54 @@ def cache_dir_for(fasta: Path, cache_root: str | os.PathLike, min_segment: int) 
     return Path(cache_root) / f"{fasta.name}.{key}"
 
 
+def _load_if_current(directory: Path, source: dict) -> GenomeCache | None:
+    """The cache in ``directory`` if it was built by this code version from this exact source."""
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") == CACHE_VERSION and meta.get("source") == source:
+            return GenomeCache.load(directory)
+        log.info("genome cache %s is stale; rebuilding", directory)
+    except (ValueError, OSError):
+        log.warning("genome cache %s is unreadable; rebuilding", directory)
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (several nodes may share one cache folder)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build_or_load_cache(fasta: str | os.PathLike, cache_root: str | os.PathLike, min_segment: int) -> GenomeCache:
-    """Return the cache for ``fasta``, (re)building it when missing, stale or of another version."""
+    """Return the cache for ``fasta``, (re)building it when missing, stale or of another version.
+
+    Builders take a file lock and look again once they hold it, so concurrent processes (ranks,
+    nodes on a shared filesystem) build the cache once and all read the same one.
+    """
     fasta = Path(fasta)
     open_fasta(fasta).close()  # clear errors for missing/empty files before anything else
     directory = cache_dir_for(fasta, cache_root, min_segment)
     source = fingerprint(fasta)
-    meta_path = directory / "meta.json"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("version") == CACHE_VERSION and meta.get("source") == source:
-                return GenomeCache.load(directory)
-            log.info("genome cache %s is stale; rebuilding", directory)
-        except (ValueError, OSError):
-            log.warning("genome cache %s is unreadable; rebuilding", directory)
+    cached = _load_if_current(directory, source)
+    if cached is not None:
+        return cached
+    with _exclusive(directory.with_name(f".{directory.name}.lock")):
+        cached = _load_if_current(directory, source)
+        if cached is not None:  # built by another process while this one waited
+            return cached
+        return _build_cache(fasta, directory, source, min_segment)
+
+
+def _build_cache(fasta: Path, directory: Path, source: dict, min_segment: int) -> GenomeCache:
     log.info("building genome cache for %s in %s", fasta, directory)
     with atomic_directory(directory) as tmp:
         rows: list[tuple[int, int, int, int]] = []

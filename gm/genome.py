@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gm.fasta import GenomeCache, build_or_load_cache, fetch, is_url, unpack
+from gm.fasta import GenomeCache, build_or_load_cache, fetch, fetch_target, is_url, open_fasta, unpack
 from gm.tokenizer import KmerTokenizer
 from gm.utils import GMError
 
@@ -65,8 +65,8 @@ def split_regions(cache: GenomeCache, block_size: int, val_fraction: float, seed
     start = within * block_size
     length = np.minimum(block_size, cache.seg_length[segment] - start)
     n_val = int(round(val_fraction * segment.size))
-    if val_fraction > 0 and n_val == 0 and segment.size >= 2:
-        n_val = 1
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1  # asked for validation: never silently hold out nothing (one block is too few)
     if n_val >= segment.size:
         raise GMError(
             f"genome of {cache.total_bases} bases splits into {segment.size} blocks of {block_size}: too few "
@@ -332,6 +332,8 @@ class GenomeDataModule(pl.LightningDataModule):
             raise GMError(f"need 1 <= data.min_kmers <= data.max_kmers, got {min_kmers} and {max_kmers}")
         if batch_size < 1:
             raise GMError(f"data.batch_size must be at least 1, got {batch_size}")
+        if not is_url(str(fasta)):
+            open_fasta(fasta).close()  # a missing or empty file fails now, with its name, not inside fit
         self.fasta, self.k = str(fasta), k
         self.tokenizer = KmerTokenizer(k=k, max_length=max_kmers + 2)
         self.min_bases, self.max_bases = min_kmers + k - 1, max_kmers + k - 1
@@ -349,7 +351,7 @@ class GenomeDataModule(pl.LightningDataModule):
 
     @property
     def fasta_path(self) -> Path:
-        return Path(self.download_dir) / Path(self.fasta).name if is_url(self.fasta) else Path(self.fasta)
+        return fetch_target(self.fasta, self.download_dir) if is_url(self.fasta) else Path(self.fasta)
 
     def prepare_data(self) -> None:
         if is_url(self.fasta):
@@ -374,7 +376,10 @@ class GenomeDataModule(pl.LightningDataModule):
             world_size=world,
         )
         self.train_set = GenomeWindows(self.cache, train_regions, self.tokenizer, batch_size=self.batch_size, train=True, **common)
-        self.val_set = GenomeWindows(self.cache, val_regions, self.tokenizer, batch_size=self.val_batch_size, train=False, **common)
+        # validation windows depend on the split alone, so runs with different seeds are compared on the same windows
+        self.val_set = GenomeWindows(
+            self.cache, val_regions, self.tokenizer, batch_size=self.val_batch_size, train=False, **{**common, "seed": self.split_seed}
+        )
         if self.train_set.num_batches(0) == 0:
             raise GMError(
                 f"{self.fasta}: the training split ({train_regions.bases} bases) gives no window for rank "

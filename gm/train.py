@@ -39,7 +39,8 @@ def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     datamodule: GenomeDataModule = instantiate(cfg.data)
     masking = instantiate(cfg.masking, k=cfg.k)
     encoder = OmegaConf.to_container(cfg.model, resolve=True)
-    module = MLMModule(encoder=encoder, masking=masking, k=cfg.k, seed=int(cfg.seed or 0), **cfg.optim)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)  # plain types: checkpoints load with weights_only
+    module = MLMModule(encoder=encoder, masking=masking, k=cfg.k, seed=int(cfg.seed or 0), **optim)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),
