@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gm.tokenizer import MASK_ID, NUM_SPECIAL
 from gm.utils import GMError
@@ -32,15 +34,25 @@ def kmer_span_offsets(k: int) -> range:
 
 
 def dilate(centres: torch.Tensor, offsets: range) -> torch.Tensor:
-    """``out[b, p]`` is True when ``centres[b, p - o]`` is True for some offset ``o``."""
-    out = torch.zeros_like(centres)
-    length = centres.shape[1]
-    for o in offsets:  # k shifts of the whole batch, not a loop over positions
-        if o >= 0:
-            out[:, o:] |= centres[:, : length - o]
-        else:
-            out[:, : length + o] |= centres[:, -o:]
-    return out
+    """``out[b, p]`` is True when ``centres[b, p - o]`` is True for some offset ``o``.
+
+    A sliding maximum (one pooling kernel over the whole batch) over the window
+    ``[p - offsets.stop + 1, p - offsets.start]``, padded with False at both ends.
+    """
+    if centres.shape[-1] == 0:
+        return centres.clone()
+    before, after = offsets.stop - 1, -offsets.start
+    padded = F.pad(centres.unsqueeze(1).to(torch.float32), (before, after))
+    return F.max_pool1d(padded, before + after + 1, stride=1).squeeze(1) > 0
+
+
+def run_starts(masked: torch.Tensor) -> torch.Tensor:
+    """For every position, the index of the first position of the masked run it belongs to."""
+    length = masked.shape[1]
+    start = masked.clone()
+    start[:, 1:] &= ~masked[:, :-1]
+    index = torch.arange(length, device=masked.device).expand_as(masked)
+    return torch.where(start, index, torch.zeros_like(index)).cummax(dim=1).values
 
 
 class MaskingStrategy:
@@ -52,7 +64,14 @@ class MaskingStrategy:
 
     name = "base"
 
-    def __init__(self, k: int = 6, vocab_size: int | None = None, mask_token_prob: float = 0.8, random_token_prob: float = 0.1) -> None:
+    def __init__(
+        self,
+        k: int = 6,
+        vocab_size: int | None = None,
+        mask_token_prob: float = 0.8,
+        random_token_prob: float = 0.1,
+        replace: str = "token",
+    ) -> None:
         if not 3 <= k <= 6:
             raise GMError(f"masking: k must be between 3 and 6, got {k}")
         if mask_token_prob < 0 or random_token_prob < 0 or mask_token_prob + random_token_prob > 1:
@@ -60,7 +79,10 @@ class MaskingStrategy:
                 f"masking: mask_token_prob={mask_token_prob} and random_token_prob={random_token_prob} must be "
                 "non-negative and sum to at most 1"
             )
+        if replace not in ("token", "span"):
+            raise GMError(f"masking.replace must be 'token' or 'span', got {replace!r}")
         self.k = k
+        self.replace_unit = replace
         self.vocab_size = vocab_size if vocab_size is not None else 4**k + NUM_SPECIAL
         self.mask_token_prob = mask_token_prob
         self.random_token_prob = random_token_prob
@@ -81,12 +103,24 @@ class MaskingStrategy:
         return MaskedBatch(self.replace(input_ids, masked, generator), labels, masked, valid)
 
     def replace(self, input_ids: torch.Tensor, masked: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """BERT's per-token replacement of the masked positions."""
-        draw = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
-        random_ids = torch.randint(NUM_SPECIAL, self.vocab_size, input_ids.shape, device=input_ids.device, generator=generator)
-        out = torch.where(masked & (draw < self.mask_token_prob), torch.full_like(input_ids, MASK_ID), input_ids)
-        use_random = masked & (draw >= self.mask_token_prob) & (draw < self.mask_token_prob + self.random_token_prob)
-        return torch.where(use_random, random_ids, out)
+        """BERT's replacement of the masked positions, decided per token or per span.
+
+        With ``replace="span"`` every run of consecutive masked positions is masked, randomised or
+        kept as a whole, so no kept token inside a span leaks the bases the span hides.
+        """
+        # One 31-bit draw per token: its low 16 bits decide [MASK] / random / keep, its high 15 bits
+        # pick the random k-mer (4**k divides 2**15 for k <= 7, so the choice is uniform).
+        bits = torch.randint(0, 1 << 31, input_ids.shape, device=input_ids.device, generator=generator, dtype=torch.int32)
+        decide = bits & 0xFFFF
+        if self.replace_unit == "span":
+            decide = decide.gather(1, run_starts(masked))
+        to_mask = round(self.mask_token_prob * 65536)
+        to_random = round((self.mask_token_prob + self.random_token_prob) * 65536)
+        n_kmers = self.vocab_size - NUM_SPECIAL
+        pick = (bits >> 16) & (n_kmers - 1) if n_kmers & (n_kmers - 1) == 0 else (bits >> 16) % n_kmers
+        random_ids = NUM_SPECIAL + pick
+        out = torch.where(masked & (decide < to_mask), MASK_ID, input_ids)
+        return torch.where(masked & (decide >= to_mask) & (decide < to_random), random_ids.to(input_ids.dtype), out)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
@@ -132,3 +166,136 @@ class KmerSpanMasking(MaskingStrategy):
 
     def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return dilate(self.centres(input_ids, valid, generator), kmer_span_offsets(self.k))
+
+
+_INVALID_SCORE = 1 << 26  # worse than any rank; shifted by _OFFSET_BITS it still fits in int32
+_OFFSET_BITS = 3  # a place in the k-span (k <= 6 < 8) rides in the low bits of a score
+_RANDOM_SCORES = 1 << 20  # random scores for rank_by="random"
+_NO_CENTRE = (1 << 63) - 1  # sorts after every centre's key score * L + position (int64, any L)
+
+
+def long_span_offsets(k: int) -> range:
+    """Offsets of the 2k-1 tokens that overlap any base of a k-mer: {-5..5} for k=6."""
+    return range(-(k - 1), k)
+
+
+class GeneMaskMasking(KmerSpanMasking):
+    """GeneMask (Roy et al. 2023): NPMI-guided span masking, spec §2.
+
+    1. centres: each valid position with ``p_center`` (0.15 / 8.5: half the centres mask 6 tokens,
+       half 11, so ~15% of tokens);
+    2. each centre's score is the best (lowest) NPMI rank among the valid tokens of its k-span;
+       ``best(c)`` is the position holding it (ties: the leftmost);
+    3. per sequence, the ceil(m/2) centres with the best scores form the high set (ties: leftmost
+       centre first);
+    4. every centre masks its k-span; a high-set centre also masks the 2k-1 span around
+       ``best(c)``, which hides every base of that k-mer from the unmasked neighbours.
+
+    ``rank_by``: ``token`` (the paper), ``position`` (the released code, which ranks the position
+    index as if it were a token id, so the choice ignores the sequence; a position beyond the
+    vocabulary gets the worst rank), or ``random`` (a random
+    score per token: same span-length mix, no NPMI). ``all_high_if_fewer_than=9`` reproduces the
+    released code's rule that a sequence with fewer than 9 centres puts every centre in the high set.
+    """
+
+    name = "genemask"
+    rank_modes = ("token", "position", "random")
+
+    def __init__(
+        self,
+        p_center: float = 0.15 / 8.5,
+        ranking: str | None = None,
+        rank_by: str = "token",
+        all_high_if_fewer_than: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(p_center=p_center, **kwargs)
+        if rank_by not in self.rank_modes:
+            raise GMError(f"masking.rank_by must be one of {', '.join(self.rank_modes)}, got {rank_by!r}")
+        from gm.npmi import rank_table  # numpy/csv only; keeps masking importable without NPMI data
+
+        self.rank_by = rank_by
+        self.ranking = ranking
+        self.all_high_if_fewer_than = int(all_high_if_fewer_than)
+        table = rank_table(ranking, self.k) if rank_by != "random" else None
+        self.rank_table = torch.from_numpy(table).int() if table is not None else None
+        # Scores only need the order of the ranks (ties included): dense ranks 1..D (D <= 4**k + 1)
+        # keep any ranking's values far below _INVALID_SCORE and the int32 arithmetic of plan().
+        # One extra entry after the vocabulary holds the worst rank, for rank_by="position" rows
+        # longer than the vocabulary (a position beyond it is no token).
+        self._dense_table = None
+        if table is not None:
+            dense = np.unique(table, return_inverse=True)[1].reshape(-1) + 1
+            self._dense_table = torch.from_numpy(np.append(dense, dense.max())).int()
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    def _table(self, device: torch.device) -> torch.Tensor:
+        if device not in self._tables:  # one host-to-device copy per device, then reused
+            self._tables[device] = self._dense_table.to(device)
+        return self._tables[device]
+
+    def position_scores(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Integer scores, lower is better; ``_INVALID_SCORE`` where the position is not a real k-mer."""
+        if self.rank_by == "random":
+            scores = torch.randint(0, _RANDOM_SCORES, input_ids.shape, device=input_ids.device, generator=generator, dtype=torch.int32)
+        elif self.rank_by == "token":
+            scores = self._table(input_ids.device).index_select(0, input_ids.reshape(-1)).view(input_ids.shape)
+        else:
+            # a position index beyond the vocabulary (k <= 4, long rows) is no token: worst rank,
+            # like the special tokens and k-mers absent from the ranking (the table's last entry)
+            table = self._table(input_ids.device)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).clamp(max=table.numel() - 1)
+            scores = table[positions].expand(input_ids.shape)
+        return scores.masked_fill(~valid, _INVALID_SCORE)
+
+    def plan(
+        self, input_ids: torch.Tensor, valid: torch.Tensor, centres: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked positions, the high set, and ``best(c)`` for every position, given the centres.
+
+        Scores are small integers, so ``score * 8 + j`` (j = place in the k-span) orders by score
+        and then leftmost position: one ``amin`` over the k-span gives both the centre's score and
+        ``best(c)``. Keys ``score * L + position`` (int64, any L) are unique, so the ceil(m/2)-th
+        smallest key of a row is a threshold that picks the high set exactly.
+        """
+        batch, length = input_ids.shape
+        if length == 0:  # nothing to mask (and no k-th smallest key to gather)
+            return valid.clone(), valid.clone(), torch.zeros_like(input_ids)
+        k, offsets = self.k, kmer_span_offsets(self.k)
+        scores = self.position_scores(input_ids, valid, generator)
+        padded = F.pad(scores << _OFFSET_BITS, (-offsets.start, offsets.stop - 1), value=_INVALID_SCORE << _OFFSET_BITS)
+        span_key = padded[:, :length]
+        for j in range(1, k):  # k-1 shifted minima over the batch, not a loop over positions
+            span_key = torch.minimum(span_key, padded[:, j : j + length] | j)
+        centre_score, best_offset = span_key >> _OFFSET_BITS, span_key & ((1 << _OFFSET_BITS) - 1)
+        index = torch.arange(length, device=input_ids.device)
+        best = index + offsets.start + best_offset
+
+        # high set: the ceil(m/2) best-scoring centres of each sequence (leftmost first on ties)
+        key = torch.where(centres, centre_score.long() * length + index, _NO_CENTRE)  # int64: no overflow for long rows
+        m = centres.sum(dim=1, keepdim=True)
+        n_high = (m + 1) // 2
+        if self.all_high_if_fewer_than > 0:
+            n_high = torch.where(m < self.all_high_if_fewer_than, m, n_high)
+        threshold = key.sort(dim=1).values.gather(1, (n_high - 1).clamp(min=0))
+        high = centres & (key <= threshold) & (n_high > 0)
+
+        anchor = torch.zeros(batch, length + 1, dtype=torch.bool, device=input_ids.device)
+        anchor = anchor.scatter_(1, torch.where(high, best, length), True)[:, :length]
+        masked = dilate(centres, offsets) | dilate(anchor, long_span_offsets(k))
+        return masked & valid, high, best
+
+    def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        centres = self.centres(input_ids, valid, generator)
+        return self.plan(input_ids, valid, centres, generator)[0]
+
+
+class RandomSpanMasking(GeneMaskMasking):
+    """Control for GeneMask: the same centres and span-length mix, but which centres get the long
+    span, and where in their k-span it is anchored, is random instead of NPMI-guided."""
+
+    name = "random_span"
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.pop("rank_by", None)
+        super().__init__(rank_by="random", **kwargs)

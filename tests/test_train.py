@@ -32,14 +32,14 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 # ------------------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize("model", ["tiny", "logo", "dnabert"])
-@pytest.mark.parametrize("masking", ["bert", "kmer_span"])
+@pytest.mark.parametrize("masking", sorted(p.stem for p in (CONF / "masking").glob("*.yaml")))
 def test_every_model_and_masking_config_builds(tmp_path, model, masking):
     cfg = compose_train(tmp_path, [f"model={model}", f"masking={masking}", "logger=none"])
     module = MLMModule(OmegaConf.to_container(cfg.model), instantiate(cfg.masking, k=cfg.k), k=cfg.k)
     config = module.model.config
     assert config.vocab_size == 4101 and config.max_position_embeddings == 512
     assert config._attn_implementation == "sdpa"
-    assert module.masking.name == masking
+    assert module.masking.name == masking.split("_position")[0].split("_released")[0]
     params = sum(p.numel() for p in module.model.parameters())
     if model == "dnabert":  # BERT-base with a 4,101-token vocabulary
         assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (12, 768, 12)
@@ -112,6 +112,23 @@ def test_seed_zero_is_honoured(tmp_path):
     first, again, other = losses(0, "a"), losses(0, "b"), losses(1, "c")
     assert first == again
     assert first != other
+
+
+@pytest.mark.parametrize("masking", ["genemask", "genemask_released", "random_span"])
+def test_genemask_strategies_train(tmp_path, masking):
+    cfg = compose_train(tmp_path, TINY + [f"masking={masking}", "logger=csv", "trainer.max_steps=3"])
+    metrics = train(cfg)
+    assert 0.05 < metrics["train/masked_fraction"] < 0.35
+    assert metrics["train/loss"] == metrics["train/loss"]
+
+
+def test_genemask_takes_a_ranking_csv(tmp_path):
+    ranking = tmp_path / "ranking.csv"
+    kmers = ["".join(p) for p in __import__("itertools").product("ACGT", repeat=6)]
+    ranking.write_text("ngram,count,pmi,score,rank\n" + "".join(f"{g},1,0,0,{i + 1}\n" for i, g in enumerate(kmers)))
+    cfg = compose_train(tmp_path, TINY + ["masking=genemask", f"masking.ranking={ranking}", "logger=none"])
+    _, module, _ = build(cfg)
+    assert module.masking.rank_table[5].item() == 1  # id 5 is AAAAAA, ranked first in this file
 
 
 def test_kmer_size_flows_from_one_setting(tmp_path, small_fasta):
