@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from gm.utils import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -22,19 +20,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):  # remote filesystems: Lightning's own path
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        get_filesystem(str(path)).makedirs(str(path.parent), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path) as handle:
+            torch.save(checkpoint, handle)
 
 
 class StepProgressBar(TQDMProgressBar):
