@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=1_000_000, help="0-based start in the embedded chr2 sample")
     p.add_argument("--length", type=int, default=96, help="k-mers shown")
     p.add_argument("--seed", type=int, default=3)
+
+    p = commands.add_parser("results", help="aggregate fine-tuning results.json files: Markdown table, CSV, one PNG per metric")
+    p.add_argument("folders", type=Path, nargs="+", help="folders searched recursively for results.json (or results.json files)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where results.md, results.csv and results_<metric>.png go (default: the first folder)")
+    p.add_argument("--metrics", nargs="+", default=["accuracy", "f1_macro", "mcc", "auroc"],
+                   choices=["accuracy", "f1_macro", "mcc", "auroc"], help="metrics to report (default: all four)")
     return parser
 
 
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             npmi(args.fasta, out, args.k, args.score, args.min_count, args.top)
         elif args.command == "masks":
             masks(args.out, start=args.start, n_kmers=args.length, seed=args.seed)
+        elif args.command == "results":
+            from gm.results import report
+
+            report(args.folders, args.out, args.metrics)
     except GMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

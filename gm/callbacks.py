@@ -7,7 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -22,6 +22,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_open(path) as handle:
             torch.save(checkpoint, handle)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Periodic checkpoints plus one at the end of training, whatever ``max_steps`` is.
+
+    Lightning's ``ModelCheckpoint`` with ``every_n_train_steps`` misses the final weights when the
+    run ends between two periodic saves; a finished run should always leave them.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
+            candidates = self._monitor_candidates(trainer)
+            self._save_none_monitor_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 class StepProgressBar(TQDMProgressBar):

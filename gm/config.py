@@ -36,6 +36,11 @@ def run_group(mode: Any, sweep_dir: str, task_name: str) -> str:
     return f"{task_name}-{Path(sweep_dir).name}" if "MULTIRUN" in str(mode) else task_name
 
 
+def by_shots(shots: int, few: Any, many: Any) -> Any:
+    """The paper's fine-tuning settings by regime: ``few`` for 10-100 shots, ``many`` for 500 and up."""
+    return few if int(shots) <= 100 else many
+
+
 def join_nonempty(*parts: Any) -> str:
     return "-".join(str(p) for p in parts if p not in (None, ""))
 
@@ -46,6 +51,7 @@ def register_resolvers() -> None:
         "gm.wandb_offline": wandb_offline,
         "gm.run_group": run_group,
         "gm.join": join_nonempty,
+        "gm.by_shots": by_shots,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -16,7 +17,10 @@ from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_w
 
 from gm.masking import MaskedBatch, MaskingStrategy
 from gm.tokenizer import KmerTokenizer, PAD_ID
-from gm.utils import GMError
+from gm.utils import GMError, atomic_write_text
+
+#: written beside an exported Hugging Face model: how it was pretrained (read back by fine-tuning)
+PRETRAINING_META = "gm_pretraining.json"
 
 
 def build_bert_config(k: int, **encoder: Any) -> BertConfig:
@@ -163,4 +167,11 @@ class MLMModule(pl.LightningModule):
         directory = Path(directory)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        meta = {
+            "k": self.hparams.k,
+            "masking": self.hparams.masking_name,
+            "masking_config": self.hparams.masking_config,
+            "pretrain_steps": int(self.global_step) if self._trainer is not None else None,
+        }
+        atomic_write_text(directory / PRETRAINING_META, json.dumps(meta, indent=2) + "\n")
         return directory

@@ -97,3 +97,70 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
     path = save_figure(fig, out)
     plt.close(fig)
     return path
+
+
+def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path:
+    """Few-shot results for one metric: a subplot per task, ``metric`` against shots (log x).
+
+    ``rows`` are :class:`gm.results.ResultRow` (anything with ``task``, ``shots``, ``model``,
+    ``test_source``, ``mean`` and ``std``), in the order the tasks should appear. One line per
+    pretrained model, in the same colour in every subplot, with error bars of one standard
+    deviation over seeds (none for a single seed), nudged sideways so that the bars do not hide
+    each other. Subplot titles mark carved (or mixed) test sets; a task for which the metric is
+    undefined (AUROC of a 3-class task) gets an empty panel that says so.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    rows = list(rows)
+    tasks = list(dict.fromkeys(row.task for row in rows))
+    models = list(dict.fromkeys(row.model for row in rows))
+    if not tasks:
+        raise ValueError("no results to plot")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ncols = 1 if len(tasks) == 1 else 2 if len(tasks) <= 4 else 3
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    handles = {}
+    for ax, task in zip(axes.flat, tasks):
+        task_rows = [row for row in rows if row.task == task]
+        sources = {row.test_source for row in task_rows}
+        note = " (carved test set)" if sources == {"carved"} else " (mixed/carved test sets)" if sources - {"shipped"} else ""
+        ax.set_title(task + note, fontsize=10)
+        shots = sorted({row.shots for row in task_rows})
+        drawn = False
+        for index, model in enumerate(models):
+            points = sorted((row.shots, row.mean[metric], row.std[metric]) for row in task_rows if row.model == model)
+            points = [p for p in points if np.isfinite(p[1])]
+            if not points:
+                continue
+            nudge = 10 ** (0.025 * (index - (len(models) - 1) / 2))
+            x = np.array([p[0] for p in points], dtype=float) * nudge
+            y = np.array([p[1] for p in points])
+            err = np.nan_to_num(np.array([p[2] for p in points]), nan=0.0)
+            handle = ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, linewidth=1.4,
+                                 color=colours[index % len(colours)], label=model)
+            handles.setdefault(model, handle)
+            drawn = True
+        ax.set_xscale("log")
+        ax.set_xticks(shots, [str(s) for s in shots])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel(metric)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlim(shots[0] / 1.4, shots[-1] * 1.4)
+        if not drawn:
+            ax.set_xticks([])
+            ax.minorticks_off()
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, f"{metric} not defined for this task", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=9, color="grey")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4) or 1,
+               fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title or f"{metric}: mean ± std over seeds", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = save_figure(fig, out)
+    plt.close(fig)
+    return path

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
+from pytorch_lightning.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from gm.callbacks import AtomicCheckpointIO
@@ -33,6 +34,8 @@ def check_lengths(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     """The data module, model and trainer of a pretraining run, from its composed config."""
+    if cfg.data.get("_target_") != "gm.genome.GenomeDataModule":
+        raise GMError(f"data={cfg.data.get('task', '?')} is a fine-tuning task (finetune.py); pretraining needs a genome: data=genome or data=hg38")
     check_lengths(cfg)
     if cfg.get("seed") is not None:  # 0 is a seed too
         pl.seed_everything(int(cfg.seed), workers=True)
@@ -41,12 +44,11 @@ def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     encoder = OmegaConf.to_container(cfg.model, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)  # plain types: checkpoints load with weights_only
     module = MLMModule(encoder=encoder, masking=masking, k=cfg.k, seed=int(cfg.seed or 0), **optim)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")) or False,
-        plugins=[AtomicCheckpointIO()],
-    )
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # nothing to report the learning rate to (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer
 
 
@@ -61,13 +63,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             path = module.export_hf(f"{cfg.paths.output_dir}/hf")
             log.info("exported Hugging Face model to %s", path)
     finally:
-        _finish_wandb()
+        finish_wandb()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("final metrics: %s", metrics)
     return metrics
 
 
-def _finish_wandb() -> None:
+def finish_wandb() -> None:
     """Close the W&B run so the next job of a multirun (same process) gets its own run."""
     import sys
 

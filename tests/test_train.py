@@ -60,11 +60,20 @@ def test_trainer_configs(tmp_path):
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
 
 
+FINETUNE_EXPERIMENTS = {"paper_grid"}
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_experiment_configs_compose(tmp_path, experiment):
-    cfg = compose_train(tmp_path, [f"experiment={experiment}"])
+    if experiment in FINETUNE_EXPERIMENTS:
+        cfg = compose_train(tmp_path, [f"experiment={experiment}"], config_name="finetune")
+        assert cfg.skip_unavailable is True
+        assert cfg.hydra.sweeper.params.data == "prom_core,prom_300,cohn_enh,splice_40"
+        assert cfg.hydra.sweeper.params.shots == "10,50,100,500,1000" and cfg.hydra.sweeper.params.seed == "0,1,2,3,4"
+    else:
+        cfg = compose_train(tmp_path, [f"experiment={experiment}"])
+        assert cfg.trainer.max_steps > 0
     assert cfg.task_name == experiment
-    assert cfg.trainer.max_steps > 0
 
 
 def test_default_config_is_the_embedded_cpu_run(tmp_path):

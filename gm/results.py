@@ -1,0 +1,432 @@
+"""Few-shot results: collect every fine-tuning run's ``results.json``, aggregate over seeds, report.
+
+``python analyze.py results <folders...>`` is :func:`report`. The steps are public so that notebooks
+can reuse them:
+
+- :func:`collect` finds and validates every ``results.json`` under the given folders (recursively;
+  sweeps from different days or machines combine) and returns one record (``dict``) per run.
+- :func:`aggregate` groups the records by (task, shots, pretrained model label) and returns one
+  :class:`ResultRow` per group: mean and sample standard deviation over seeds of each metric. Runs
+  repeated with the same seed keep only the newest (by ``finished_at``), with a warning.
+- :func:`to_markdown`, :func:`write_markdown`, :func:`write_csv` and :func:`write_figures` write
+  the table, the CSV and one PNG per metric (``results_<metric>.png``), all atomically.
+
+Test sets carved out of the training files (spec §5: tasks that ship none) are flagged wherever the
+results are shown: a footnote in the Markdown, the ``test_source`` column of the CSV, the subplot
+titles of the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from gm.utils import GMError, atomic_write_text
+
+log = logging.getLogger("gm.results")
+
+#: every metric a results.json may hold, in report order (AUROC is null for 3-class tasks)
+METRICS = ("accuracy", "f1_macro", "mcc", "auroc")
+#: metrics a results.json must hold (auroc may be absent or null)
+REQUIRED_METRICS = ("accuracy", "f1_macro", "mcc")
+#: top-level keys a results.json must hold (``pretrained`` may be null: a randomly initialised model)
+REQUIRED_KEYS = ("task", "shots", "seed", "pretrained", "test_source", "metrics")
+TEST_SOURCES = ("shipped", "carved")
+RANDOM_INIT = "random init"
+#: the spec's task order (§5); other tasks follow alphabetically
+TASK_ORDER = ("prom_core", "prom_300", "cohn_enh", "splice_40")
+
+CARVED_MARK = "†"
+MIXED_MARK = "‡"
+#: folders that hold no finished results: atomic_directory's temporaries and replaced copies
+_SKIP_DIR = re.compile(r"^\.(tmp|old)-")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+#: folders inside a pretraining run that hold a model; the label is the run folder's name
+_MODEL_DIRS = ("hf", "checkpoints", "model")
+
+
+# ------------------------------------------------------------------------------------- collect
+def collect(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """Every run's record under ``paths`` (folders searched recursively, or ``results.json`` files).
+
+    Each record is the file's JSON object plus ``_path`` (the file it came from), with
+    ``pretrained_name`` filled in by :func:`model_label` where the file has none. A file found twice
+    (overlapping folders) counts once. Raises :class:`GMError` naming the file for malformed JSON or
+    missing/invalid keys, naming the path for one that does not exist, and naming the folders when
+    no results are found.
+    """
+    if not paths:
+        raise GMError("no results folders given")
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = sorted(_walk(path))
+        else:
+            raise GMError(f"{path}: no such file or folder")
+        for file in found:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(file)
+    if not files:
+        raise GMError("no results.json found under " + ", ".join(str(Path(p)) for p in paths))
+    return [_read_record(file) for file in files]
+
+
+def _walk(folder: Path) -> Iterable[Path]:
+    for root, dirs, names in os.walk(folder):  # does not follow symlinked folders: no loops
+        dirs[:] = [d for d in dirs if not _SKIP_DIR.match(d)]
+        if "results.json" in names:
+            yield Path(root) / "results.json"
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise GMError(f"{path}: cannot read: {err}") from None
+    except json.JSONDecodeError as err:
+        raise GMError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise GMError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise GMError(f"{path}: missing required key(s) {', '.join(missing)}")
+
+    def bad(key: str, expected: str):
+        return GMError(f"{path}: '{key}' should be {expected}, found {record.get(key)!r}")
+
+    if not isinstance(record["task"], str) or not record["task"]:
+        raise bad("task", "a task name")
+    for key in ("shots", "seed"):
+        if not _is_int(record[key]):
+            raise bad(key, "an integer")
+    if record["shots"] <= 0:
+        raise bad("shots", "positive")
+    if record["pretrained"] is not None and not isinstance(record["pretrained"], str):
+        raise bad("pretrained", "a path, a hub id or null")
+    if record["test_source"] not in TEST_SOURCES:
+        raise bad("test_source", " or ".join(repr(s) for s in TEST_SOURCES))
+    name = record.get("pretrained_name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise bad("pretrained_name", "a non-empty label or absent")
+    metrics = record["metrics"]
+    if not isinstance(metrics, dict):
+        raise bad("metrics", "an object of metric values")
+    missing = [m for m in REQUIRED_METRICS if m not in metrics]
+    if missing:
+        raise GMError(f"{path}: 'metrics' is missing {', '.join(missing)}")
+    for metric in METRICS:
+        value = metrics.get(metric)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise GMError(f"{path}: metric '{metric}' should be a number or null, found {value!r}")
+    finished = record.get("finished_at")
+    if finished is not None:
+        try:
+            _parse_time(finished)
+        except (TypeError, ValueError):
+            raise bad("finished_at", "an ISO date-time") from None
+    record = dict(record)
+    record["pretrained_name"] = name.strip() if name else model_label(record["pretrained"])
+    record["_path"] = str(path)
+    return record
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def model_label(pretrained: str | None) -> str:
+    """A display label for a ``pretrained`` value that comes without ``pretrained_name``.
+
+    ``None`` is ``"random init"``; a hub id (``owner/name``, not on disk) is itself; a pretraining
+    run's export or checkpoint folder (``<run>/hf``, ``<run>/checkpoints``) is the run folder's name;
+    a checkpoint file is ``<run>/<file stem>`` (``<file stem>`` outside a ``checkpoints`` folder);
+    any other folder is its name. A run folder named by a bare number (a multirun job) keeps its
+    parent's name in front: ``2024-05-01_12-00-00/3``.
+    """
+    if pretrained is None:
+        return RANDOM_INIT
+    text = pretrained.strip().rstrip("/\\") or pretrained
+    path = Path(text).expanduser()
+    if _HUB_ID.match(text) and not path.exists() and not text.startswith("."):
+        return text
+    if path.suffix in _CHECKPOINT_SUFFIXES or path.is_file():
+        if path.parent.name == "checkpoints":
+            return f"{_run_name(path.parent.parent)}/{path.stem}"
+        return path.stem
+    if path.name in _MODEL_DIRS and path.parent.name:
+        return _run_name(path.parent)
+    return path.name or text
+
+
+def _run_name(run: Path) -> str:
+    if run.name.isdigit() and run.parent.name:
+        return f"{run.parent.name}/{run.name}"
+    return run.name or str(run)
+
+
+def _parse_time(value: str) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.astimezone()  # naive: the local time of the machine
+
+
+# ------------------------------------------------------------------------------------ aggregate
+@dataclass
+class ResultRow:
+    """One (task, shots, model) group: statistics over its seeds."""
+
+    task: str
+    shots: int
+    model: str
+    seeds: list[int]
+    #: "shipped", "carved" or "mixed"
+    test_source: str
+    #: runs per test source, e.g. {"carved": 2, "shipped": 1} for a mixed group
+    sources: dict[str, int]
+    #: metric -> mean over the seeds that report it (NaN where none does, e.g. AUROC of a 3-class task)
+    mean: dict[str, float] = field(default_factory=dict)
+    #: metric -> sample standard deviation (ddof = 1; NaN for a single seed)
+    std: dict[str, float] = field(default_factory=dict)
+    #: metric -> number of seeds that report it
+    count: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+
+def deduplicate(records: Sequence[dict]) -> list[dict]:
+    """One record per (task, shots, model label, seed): the newest by ``finished_at``, with a warning.
+
+    Records without ``finished_at`` count as older than any with one; ties go to the file modified
+    last, then to the later path.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault(_run_key(record), []).append(record)
+    kept = []
+    for key, group in groups.items():
+        if len(group) > 1:
+            group = sorted(group, key=_age_key)
+            newest = group[-1]
+            log.warning(
+                "warning: %d runs of task %s, %d shots, model %r, seed %d: keeping the newest, %s (finished %s); ignoring %s",
+                len(group), *key, _where(newest), newest.get("finished_at", "?"),
+                ", ".join(_where(r) for r in group[:-1]),
+            )
+            kept.append(newest)
+        else:
+            kept.append(group[0])
+    return kept
+
+
+def _run_key(record: dict) -> tuple:
+    return (record["task"], record["shots"], _label(record), record["seed"])
+
+
+def _label(record: dict) -> str:
+    return record.get("pretrained_name") or model_label(record.get("pretrained"))
+
+
+def _where(record: dict) -> str:
+    return record.get("_path", "<record>")
+
+
+def _age_key(record: dict) -> tuple:
+    finished = record.get("finished_at")
+    moment = _parse_time(finished).timestamp() if finished else -math.inf
+    try:
+        mtime = os.stat(record["_path"]).st_mtime if "_path" in record else -math.inf
+    except OSError:
+        mtime = -math.inf
+    return (moment, mtime, _where(record))
+
+
+def aggregate(records: Sequence[dict], metrics: Sequence[str] = METRICS) -> list[ResultRow]:
+    """Mean and sample standard deviation over seeds per (task, shots, model label), sorted.
+
+    Rows come in the spec's task order, then by shots, then by model label ("random init" first).
+    Duplicate runs are resolved by :func:`deduplicate`. A metric that is null (or NaN) in some runs
+    of a group is averaged over the others (``count`` says how many); null in all of them is NaN.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise GMError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    groups: dict[tuple, list[dict]] = {}
+    for record in deduplicate(records):
+        groups.setdefault((record["task"], record["shots"], _label(record)), []).append(record)
+    rows = []
+    for (task, shots, model), group in groups.items():
+        group.sort(key=lambda r: r["seed"])
+        _warn_if_label_is_ambiguous(task, shots, model, group)
+        sources: dict[str, int] = {}
+        for record in group:
+            sources[record["test_source"]] = sources.get(record["test_source"], 0) + 1
+        row = ResultRow(
+            task=task,
+            shots=shots,
+            model=model,
+            seeds=[r["seed"] for r in group],
+            test_source=next(iter(sources)) if len(sources) == 1 else "mixed",
+            sources=dict(sorted(sources.items())),
+        )
+        for metric in metrics:
+            values = np.array([r["metrics"].get(metric) for r in group], dtype=float)  # null -> NaN
+            values = values[np.isfinite(values)]
+            row.count[metric] = len(values)
+            row.mean[metric] = float(values.mean()) if len(values) else math.nan
+            row.std[metric] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    if any(row.test_source == "mixed" for row in rows):
+        log.warning("warning: some groups mix carved and shipped test sets (marked %s in the table)", MIXED_MARK)
+    rows.sort(key=lambda r: (_task_rank(r.task), r.shots, r.model != RANDOM_INIT, r.model))
+    return rows
+
+
+def _warn_if_label_is_ambiguous(task: str, shots: int, model: str, group: list[dict]) -> None:
+    for key in ("pretrained", "model", "k"):
+        values = {json.dumps(r.get(key), sort_keys=True) for r in group}
+        if len(values) > 1:
+            log.warning("warning: task %s, %d shots: label %r covers runs with different %s (%s); "
+                        "set pretrained_name to tell them apart", task, shots, model, key, ", ".join(sorted(values)))
+
+
+def _task_rank(task: str) -> tuple:
+    return (TASK_ORDER.index(task), "") if task in TASK_ORDER else (len(TASK_ORDER), task)
+
+
+# -------------------------------------------------------------------------------------- writers
+def format_cell(mean: float, std: float, decimals: int = 3) -> str:
+    """``'0.812 ± 0.034'``; ``'0.812 ± -'`` for one seed; ``'n/a'`` for a metric no run reports."""
+    if math.isnan(mean):
+        return "n/a"
+    spread = "-" if math.isnan(std) else f"{std:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {spread}"
+
+
+def _used_metrics(rows: Sequence[ResultRow], metrics: Sequence[str] | None) -> list[str]:
+    if metrics is not None:
+        return list(metrics)
+    return [m for m in METRICS if rows and m in rows[0].mean]
+
+
+def to_markdown(rows: Sequence[ResultRow], metrics: Sequence[str] | None = None) -> str:
+    """A Markdown table, one row per task/shots/model, cells 'mean ± std' (3 decimals), with notes.
+
+    Tasks evaluated on a carved test set carry ``†`` and a footnote; groups that mix carved and
+    shipped test sets carry ``‡``.
+    """
+    metrics = _used_metrics(rows, metrics)
+    header = ["task", "shots", "model", "seeds", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + " |"]
+    carved: list[str] = []
+    mixed: list[str] = []
+    for row in rows:
+        mark = ""
+        if row.test_source == "carved":
+            mark = f" {CARVED_MARK}"
+            carved += [row.task] if row.task not in carved else []
+        elif row.test_source == "mixed":
+            mark = f" {MIXED_MARK}"
+            mixed += [f"{row.task} {row.shots} shots {row.model}"]
+        cells = [f"{row.task}{mark}", str(row.shots), row.model, str(row.n_seeds)]
+        cells += [format_cell(row.mean[m], row.std[m]) for m in metrics]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    notes = [
+        "",
+        "Mean ± sample standard deviation over seeds; '-': a single seed; n/a: not defined "
+        "(AUROC of a 3-class task).",
+    ]
+    if carved:
+        notes += ["", f"{CARVED_MARK} Carved test set ({', '.join(carved)}): the task ships no test set, so a fixed, "
+                  "class-balanced, seeded test set was carved out of its shipped files and the training shots drawn "
+                  "from the rest. These numbers are not on the published test sets."]
+    if mixed:
+        notes += ["", f"{MIXED_MARK} Mixed test sets: some seeds were evaluated on a carved test set and others on "
+                  f"the shipped one ({'; '.join(mixed)}); their mean mixes two test sets."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, metrics: Sequence[str] | None = None) -> Path:
+    """``results.md``: a title, the table of :func:`to_markdown` and its notes (written atomically)."""
+    atomic_write_text(path, "# Few-shot results\n\n" + to_markdown(rows, metrics))
+    return Path(path)
+
+
+def csv_columns(metrics: Sequence[str]) -> list[str]:
+    return ["task", "shots", "model", "n_seeds", "seeds", "test_source",
+            *[f"{m}_{stat}" for m in metrics for stat in ("mean", "std")]]
+
+
+def write_csv(rows: Sequence[ResultRow], path: str | os.PathLike, metrics: Sequence[str] | None = None) -> Path:
+    """``results.csv``: one row per group; ``<metric>_mean`` and ``<metric>_std`` at full precision.
+
+    ``seeds`` is ``;``-separated; ``test_source`` is shipped, carved or mixed. An undefined value
+    (std of one seed, AUROC of a 3-class task) is an empty cell.
+    """
+    metrics = _used_metrics(rows, metrics)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(csv_columns(metrics))
+    for row in rows:
+        values = []
+        for metric in metrics:
+            values += ["" if math.isnan(row.mean[metric]) else repr(row.mean[metric]),
+                       "" if math.isnan(row.std[metric]) else repr(row.std[metric])]
+        writer.writerow([row.task, row.shots, row.model, row.n_seeds, ";".join(map(str, row.seeds)), row.test_source, *values])
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
+
+
+def write_figures(rows: Sequence[ResultRow], out: str | os.PathLike, metrics: Sequence[str] | None = None) -> list[Path]:
+    """One PNG per metric, ``<out>/results_<metric>.png`` (see :func:`gm.plots.plot_results`)."""
+    from gm.plots import plot_results
+
+    return [plot_results(rows, metric, Path(out) / f"results_{metric}.png") for metric in _used_metrics(rows, metrics)]
+
+
+def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+           metrics: Sequence[str] = METRICS, figures: bool = True) -> dict:
+    """``python analyze.py results``: collect, aggregate, print the table, write md, csv and PNGs.
+
+    ``out`` defaults to the first path (its folder, if it is a file). Returns the rows and the paths
+    written.
+    """
+    metrics = list(dict.fromkeys(metrics))
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise GMError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    records = collect(paths)
+    rows = aggregate(records, metrics)
+    if out is None:
+        first = Path(paths[0]).expanduser()
+        out = first.parent if first.is_file() else first
+    out = Path(out)
+    print(to_markdown(rows, metrics), end="")
+    written = [write_markdown(rows, out / "results.md", metrics), write_csv(rows, out / "results.csv", metrics)]
+    if figures:
+        written += write_figures(rows, out, metrics)
+    print(f"\n{len(records)} runs, {len(rows)} groups; wrote " + ", ".join(str(p) for p in written))
+    return {"records": records, "rows": rows, "written": written}
