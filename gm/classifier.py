@@ -10,6 +10,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, F1Score, MatthewsCorrCoef
 from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
 
+from gm.mlm import weight_decay_groups
+
 
 def classification_metrics(num_classes: int) -> MetricCollection:
     """Accuracy, macro-F1 and MCC for every task; AUROC for binary tasks (spec §5)."""
@@ -78,12 +80,9 @@ class ClassifierModule(pl.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            weight_decay_groups(self.model, hp.weight_decay),
             lr=hp.lr,
             fused=self.device.type == "cuda",
         )

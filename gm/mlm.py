@@ -28,6 +28,15 @@ def build_bert_config(k: int, **encoder: Any) -> BertConfig:
     return BertConfig(vocab_size=4**k + 5, pad_token_id=PAD_ID, attn_implementation="sdpa", **encoder)
 
 
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on weight matrices, none on biases and LayerNorm (BERT's rule)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def step_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers, so randomness is a pure function of (seed, rank, step)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
@@ -139,14 +148,9 @@ class MLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            weight_decay_groups(self.model, hp.weight_decay),
             lr=hp.lr,
             betas=tuple(hp.betas),
             eps=hp.eps,
