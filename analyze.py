@@ -1,5 +1,7 @@
-"""Analyses: ``python analyze.py npmi`` (rank k-mers of a genome by PMI), ``python analyze.py masks``
-(a figure of every masking strategy on one sequence). ``python analyze.py --help`` lists them.
+"""Analyses: ``python analyze.py <command>`` with npmi (rank the k-mers of a genome by PMI), masks (every
+masking strategy on one sequence), results (few-shot result tables), motifs (NPMI against known
+motifs), enrichment (class-discriminative k-mers of the tasks against NPMI), curves (pretraining
+curves). ``python analyze.py --help`` lists them.
 
 Thin entry point: the work is in :mod:`gm.analyze`.
 """

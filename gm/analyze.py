@@ -1,8 +1,10 @@
-"""Analyses behind ``python analyze.py <command>``: one function per command, argparse glue at the end."""
+"""Analyses behind ``python analyze.py <command>``: npmi, masks, results here; motifs, enrichment and
+curves in their own modules (``MODULE_COMMANDS``); argparse glue at the end."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -72,6 +74,10 @@ def masks(out: Path, fasta: Path = SAMPLE_FASTA, start: int = 1_000_000, n_kmers
 
 
 # ------------------------------------------------------------------------------------------ CLI
+#: analyses that live in a module of their own, which provides ``add_parser(subparsers)`` and ``run(args)``
+MODULE_COMMANDS = {"motifs": "gm.motifs", "enrichment": "gm.enrichment", "curves": "gm.curves"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python analyze.py", description="GeneMask analyses.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -97,12 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where results.md, results.csv and results_<metric>.png go (default: the first folder)")
     p.add_argument("--metrics", nargs="+", default=["accuracy", "f1_macro", "mcc", "auroc"],
                    choices=["accuracy", "f1_macro", "mcc", "auroc"], help="metrics to report (default: all four)")
+
+    for module in MODULE_COMMANDS.values():
+        importlib.import_module(module).add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    if args.command in MODULE_COMMANDS:
+        return importlib.import_module(MODULE_COMMANDS[args.command]).run(args)
     try:
         if args.command == "npmi":
             out = args.out or ROOT / "outputs" / "npmi" / f"{args.fasta.name.split('.')[0]}.k{args.k}.{args.score}.csv"

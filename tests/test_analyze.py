@@ -48,3 +48,10 @@ def test_masks_command_writes_a_png(tmp_path):
     assert main(["masks", "--out", str(out)]) == 0
     image = Image.open(out)
     assert image.size[0] > 1000 and image.size[1] > 300
+
+
+def test_every_analysis_is_a_command():
+    from gm.analyze import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == {"npmi", "masks", "results", "motifs", "enrichment", "curves"}
