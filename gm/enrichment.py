@@ -62,7 +62,7 @@ import numpy as np
 
 from gm.fewshot import DEFAULT_DATA_DIR, TASKS, get_task, read_examples
 from gm.npmi import AUTHORS_RANKING, ngram_strings, read_ranking
-from gm.tokenizer import BYTE_TO_CODE, INVALID_CODE
+from gm.tokenizer import BYTE_TO_CODE, NUM_SPECIAL, KmerTokenizer
 from gm.utils import GMError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -123,16 +123,12 @@ def presence_counts(sequences: Sequence[str], labels: np.ndarray, num_classes: i
     codes = BYTE_TO_CODE[np.frombuffer(joined, dtype=np.uint8)]
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     seq_of = np.repeat(np.arange(len(sequences)), lengths + 1)[: codes.size]
-    windows = codes.size - k + 1
-    if windows <= 0:
+    ids = KmerTokenizer(k).kmer_ids_from_codes(codes)  # [UNK] where a window holds N (incl. the joins)
+    if ids.size == 0:
         return np.zeros((num_classes, 4**k), dtype=np.int64), n_class
-    bad = np.concatenate(([0], np.cumsum(codes == INVALID_CODE, dtype=np.int64)))
-    valid = bad[k : k + windows] == bad[:windows]
-    clean = np.where(codes == INVALID_CODE, 0, codes).astype(np.int64)
-    values = np.zeros(windows, dtype=np.int64)
-    for j in range(k):
-        values = values * 4 + clean[j : j + windows]
-    pairs = np.sort(seq_of[:windows][valid] * 4**k + values[valid])  # distinct (sequence, k-mer) pairs:
+    valid = ids >= NUM_SPECIAL
+    values = ids - NUM_SPECIAL
+    pairs = np.sort(seq_of[: ids.size][valid] * 4**k + values[valid])  # distinct (sequence, k-mer) pairs:
     pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]  # sort + diff beats np.unique's hashing
     counts = np.bincount(labels[pairs // 4**k] * 4**k + pairs % 4**k, minlength=num_classes * 4**k)
     return counts.reshape(num_classes, 4**k), n_class
