@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gm.tokenizer import BYTE_TO_CODE, INVALID_CODE
-from gm.utils import GMError, atomic_directory
+from gm.utils import GMError, atomic_directory, atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ def fetch(url: str, directory: str | os.PathLike) -> Path:
     if target.is_file() and target.stat().st_size > 0:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{name}.{os.getpid()}.part")
     try:
-        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:  # noqa: S310 (user-given URL)
+        # atomic_open: a temporary file renamed into place only when complete, removed on any failure
+        with urllib.request.urlopen(url) as response, atomic_open(target) as out:  # noqa: S310 (user-given URL)
             total = int(response.headers.get("Content-Length") or 0) or None
             written = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
@@ -71,13 +71,8 @@ def fetch(url: str, directory: str | os.PathLike) -> Path:
                     bar.update(len(block))
             if total is not None and written != total:
                 raise GMError(f"{url}: download incomplete: got {written} of {total} bytes")
-        os.replace(tmp, target)
     except (OSError, http.client.HTTPException) as err:  # HTTPException: e.g. a connection cut mid-body
-        tmp.unlink(missing_ok=True)
         raise GMError(f"{url}: download failed: {err!r}") from err
-    except BaseException:  # never leave a .part file behind (Ctrl-C, short download)
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 
