@@ -264,7 +264,7 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     Training series are smoothed with a trailing mean of ``smooth_window`` logged points (the raw
     series is drawn faintly behind); validation points are never smoothed.
     """
-    from gm.plots import _pyplot, save_figure
+    from gm.plots import pyplot, save_figure
 
     if smooth_window < 1:
         raise GMError(f"--smooth must be at least 1 (1 = no smoothing), got {smooth_window}")
@@ -275,7 +275,7 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
         found = sorted({m for r in runs for m in r.metrics})
         raise GMError("none of " + ", ".join(str(r.metrics_csv) for r in runs) + " logs train/loss, train/accuracy, "
                       f"train/masked_fraction, val/accuracy or val/loss (found: {', '.join(found) or 'nothing'})")
-    plt = _pyplot()
+    plt = pyplot()
     ncols = 1 if len(panels) == 1 else 2
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows), squeeze=False)

@@ -519,9 +519,9 @@ def _reading(summaries: dict) -> str:
 
 
 def _plot(summaries: dict, details: dict, out: Path) -> Path:
-    from gm.plots import _pyplot, save_figure
+    from gm.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     tasks = list(summaries)
     ncols = 1 if len(tasks) == 1 else 2
     nrows = -(-len(tasks) // ncols)

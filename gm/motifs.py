@@ -536,9 +536,9 @@ def _report(stats: dict, params: dict, top: list[dict], seconds: float) -> str:
 
 
 def _plot_scatter(ranks: np.ndarray, scores: np.ndarray, threshold: float, path: Path, window: int = 101) -> Path:
-    from gm.plots import _pyplot, save_figure
+    from gm.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.scatter(ranks, scores, s=3, alpha=0.35, color="#4c72b0", linewidth=0, label="k-mer")
     window = max(1, min(window, ranks.size))
@@ -559,9 +559,9 @@ def _plot_scatter(ranks: np.ndarray, scores: np.ndarray, threshold: float, path:
 
 
 def _plot_top(top: list[dict], threshold: float, path: Path) -> Path:
-    from gm.plots import _pyplot, save_figure
+    from gm.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(top) + 1.2))
     labels = [f"{r['rank']}. {r['ngram']} \u2194 {r['best_motif_name']} ({r['best_score']:.2f})" for r in top]
     values = [r["best_score"] for r in top]

@@ -17,7 +17,8 @@ from gm.masking import (
 from gm.utils import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (figures are files, never windows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +46,7 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
     triangles the best k-mer that anchors a long span. Centres are drawn more densely than in
     training (``p_center``) so that one short sequence shows several.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     ids = input_ids[:1]
@@ -109,7 +110,7 @@ def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path:
     each other. Subplot titles mark carved (or mixed) test sets; a task for which the metric is
     undefined (AUROC of a 3-class task) gets an empty panel that says so.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import NullFormatter
 
     rows = list(rows)
