@@ -36,9 +36,66 @@ def run_group(mode: Any, sweep_dir: str, task_name: str) -> str:
     return f"{task_name}-{Path(sweep_dir).name}" if "MULTIRUN" in str(mode) else task_name
 
 
+def launch_id(timestamp: str) -> str:
+    """The run folder's name: ``timestamp``, unless srun or torchrun started several processes.
+
+    Those start every rank as its own ``python train.py``, and ranks composing a moment apart
+    would each make a folder of their own; the launch's id (SLURM job and step, or torchrun's
+    rendezvous id) is the same for all of them.
+    """
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    run = env.get("TORCHELASTIC_RUN_ID", "none")
+    if run != "none" and int(env.get("WORLD_SIZE", "1")) > 1:
+        return f"torchrun-{run}"
+    return timestamp
+
+
 def by_shots(shots: int, few: Any, many: Any) -> Any:
     """The paper's fine-tuning settings by regime: ``few`` for 10-100 shots, ``many`` for 500 and up."""
     return few if int(shots) <= 100 else many
+
+
+def device_count(devices: Any, accelerator: Any = "auto") -> int:
+    """How many devices per node a ``trainer.devices`` value means (int, "auto", -1, "0,1", [0, 1])."""
+    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+        return len(devices)
+    text = str(devices).strip()
+    if text in {"auto", "-1"}:
+        if str(accelerator) in {"gpu", "cuda", "auto"}:
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return 1
+    if "," in text:
+        return len([part for part in text.split(",") if part.strip()])
+    try:
+        count = int(text)
+    except ValueError:
+        raise GMError(f"trainer.devices={devices!r} is not a device count, a list of device ids, or 'auto'") from None
+    if count < 1:
+        raise GMError(f"trainer.devices must be at least 1 (or -1/'auto'), got {devices!r}")
+    return count
+
+
+def accumulation(global_batch_size: Any, batch_size: Any, devices: Any, num_nodes: Any, accelerator: Any = "auto") -> int:
+    """Gradient-accumulation steps that keep ``global_batch_size`` fixed for any number of devices.
+
+    global batch = batch per device x devices x nodes x accumulation. ``global_batch_size`` null
+    means no target: accumulate nothing (1).
+    """
+    if global_batch_size in (None, "None", "null"):
+        return 1
+    per_step = int(batch_size) * device_count(devices, accelerator) * int(num_nodes)
+    steps, remainder = divmod(int(global_batch_size), per_step)
+    if remainder or steps < 1:
+        raise GMError(
+            f"global_batch_size={global_batch_size} is not a multiple of data.batch_size={batch_size} x "
+            f"{device_count(devices, accelerator)} devices x {num_nodes} nodes = {per_step}; "
+            "change global_batch_size or data.batch_size"
+        )
+    return steps
 
 
 def join_nonempty(*parts: Any) -> str:
@@ -52,6 +109,9 @@ def register_resolvers() -> None:
         "gm.run_group": run_group,
         "gm.join": join_nonempty,
         "gm.by_shots": by_shots,
+        "gm.accumulation": accumulation,
+        "gm.launch_id": launch_id,
+        "gm.times": lambda a, b: a * b,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -4,10 +4,14 @@ An epoch is a *plan*: a deterministic function of (seed, epoch) listing every wi
 (region, start, length, reverse-complement flag). Each region (a piece of an N-free segment
 inside one split block) is cut from a random offset under ``max_offset`` into consecutive,
 non-overlapping windows, half of maximum length and half of random length. The plan is shuffled,
-cut evenly across ranks, grouped into batches, and batches are dealt round-robin to DataLoader
-workers; the DataLoader's in-order round-robin then yields batch 0, 1, 2, … exactly. Knowing the
-plan, resuming is "start the plan of epoch e at batch j": :class:`ResumableLoader` saves (e, j)
-in Lightning checkpoints.
+grouped into batches of similar length (length bucketing, so little is computed on padding),
+and the batches are dealt to ranks in turn: global batch g goes to rank g mod world. A rank's
+batches are dealt round-robin to its DataLoader workers; the DataLoader's in-order round-robin
+then yields them in order exactly. Because batches are formed before they are dealt, global
+batch g holds the same windows on any number of devices, which is what keeps a run with a fixed
+global batch size (devices x batch x accumulation) the same run on 1 GPU or 64. Knowing the plan,
+resuming is "start the plan of epoch e at batch j": :class:`ResumableLoader` saves (e, j) in
+Lightning checkpoints.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gm.fasta import GenomeCache, build_or_load_cache, fetch, fetch_target, is_url, open_fasta, unpack
-from gm.tokenizer import KmerTokenizer
+from gm.tokenizer import PAD_ID, KmerTokenizer
 from gm.utils import GMError
 
 log = logging.getLogger(__name__)
@@ -146,13 +150,38 @@ def plan_windows(
     return plan.take(rng.permutation(len(plan))) if shuffle else plan
 
 
+def bucket_by_length(plan: WindowPlan, batch_size: int, pool_batches: int, rng: np.random.Generator | None) -> WindowPlan:
+    """Group windows of similar length into batches; the set of windows is unchanged.
+
+    Half of the windows are shorter than the maximum, so a batch of randomly drawn windows is
+    padded to the longest (almost always a full one) and about a quarter of its positions are
+    padding. Sorting by length inside consecutive pools of ``pool_batches`` batches and cutting
+    the pools into batches leaves a few percent; shuffling the whole batches afterwards (``rng``;
+    None keeps pool order) keeps long and short batches interleaved over the epoch. A short last
+    batch stays last, so batch boundaries fall at multiples of ``batch_size``.
+    """
+    n = len(plan)
+    if pool_batches <= 0 or n == 0:
+        return plan
+    pool = np.arange(n) // (pool_batches * batch_size)
+    order = np.lexsort((plan.length, pool))  # by pool, then length; stable, so ties keep the shuffled order
+    n_full = n // batch_size
+    batch_order = rng.permutation(n_full) if rng is not None else np.arange(n_full)
+    window_order = (batch_order[:, None] * batch_size + np.arange(batch_size)).ravel()
+    window_order = np.concatenate((window_order, np.arange(n_full * batch_size, n)))
+    return plan.take(order[window_order])
+
+
 # ------------------------------------------------------------------------------------------ dataset
 class GenomeWindows(IterableDataset):
     """Batches of tokenised windows for one split, for one rank; workers share the rank's batches.
 
     Yields dicts with ``input_ids`` and ``attention_mask`` (padded to the longest window of the
-    batch), ``windows`` (record, start, length, reverse) for inspection, and ``stream_pos``
-    (epoch, batch index) that :class:`ResumableLoader` uses to know what training consumed.
+    batch, rounded up to a multiple of ``pad_to_multiple_of``), ``windows`` (record, start, length,
+    reverse) for inspection, ``stream_pos`` (epoch, batch index on this rank) that
+    :class:`ResumableLoader` uses to know what training consumed, and ``batch_key`` (epoch, global
+    batch index, as Python ints): the batch's identity whatever the number of ranks, which seeds
+    its masking.
     """
 
     def __init__(
@@ -171,10 +200,13 @@ class GenomeWindows(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         train: bool = True,
+        bucket_batches: int = 0,
+        pad_to_multiple_of: int = 1,
     ) -> None:
         super().__init__()
         self.cache, self.regions, self.tokenizer = cache, regions, tokenizer
         self.batch_size = batch_size
+        self.bucket_batches, self.pad_to_multiple_of = bucket_batches, max(1, pad_to_multiple_of)
         self.plan_args = dict(
             min_bases=min_bases,
             max_bases=max_bases,
@@ -202,9 +234,12 @@ class GenomeWindows(IterableDataset):
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch, 0 if self.train else 1])
             full = plan_windows(self.regions, rng, **self.plan_args)
-            if self.train:  # equal shares, so every rank runs the same number of steps
-                per_rank = len(full) // self.world_size
-                mine = full.take(slice(self.rank * per_rank, (self.rank + 1) * per_rank))
+            full = bucket_by_length(full, self.batch_size, self.bucket_batches, rng if self.train else None)
+            if self.train:  # global batch g to rank g % world; equal counts, so every rank runs the same steps
+                per_rank = math.ceil(len(full) / self.batch_size) // self.world_size
+                batches = np.arange(per_rank) * self.world_size + self.rank
+                index = (batches[:, None] * self.batch_size + np.arange(self.batch_size)).ravel()
+                mine = full.take(index[index < len(full)])
             else:  # validation may be uneven: no window is dropped
                 mine = full.take(slice(self.rank, None, self.world_size))
             self._plan_cache = (epoch, mine)
@@ -231,6 +266,7 @@ class GenomeWindows(IterableDataset):
         positions = np.repeat(self._region_offset[windows.region] + windows.start, lengths) + within
         codes = unpack(self._packed, positions) ^ reverse.astype(np.uint8)  # A<->T, C<->G is code ^ 1
         encoding = self.tokenizer.encode_codes(codes, lengths)
+        input_ids, attention_mask = self._pad(encoding.input_ids, encoding.attention_mask)
         meta = np.stack(
             [
                 self._region_record[windows.region],
@@ -240,12 +276,24 @@ class GenomeWindows(IterableDataset):
             ],
             axis=1,
         )
+        epoch = self.epoch if self.train else 0
+        global_index = batch_index * self.world_size + self.rank if self.train else batch_index
         return {
-            "input_ids": encoding.input_ids,
-            "attention_mask": encoding.attention_mask,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "windows": torch.from_numpy(meta),
-            "stream_pos": torch.tensor([self.epoch if self.train else 0, batch_index]),
+            "stream_pos": torch.tensor([epoch, batch_index]),
+            "batch_key": (int(epoch), int(global_index)),  # Python ints: stay on the host
         }
+
+    def _pad(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round the padded length up to a multiple (tensor cores; fewer shapes for torch.compile)."""
+        length, multiple = input_ids.shape[1], self.pad_to_multiple_of
+        target = min(-(-length // multiple) * multiple, max(length, self.tokenizer.max_length))
+        if target == length:
+            return input_ids, attention_mask
+        extra = target - length
+        return torch.nn.functional.pad(input_ids, (0, extra), value=PAD_ID), torch.nn.functional.pad(attention_mask, (0, extra))
 
 
 class ResumableLoader(DataLoader):
@@ -317,6 +365,8 @@ class GenomeDataModule(pl.LightningDataModule):
         max_offset: int = 1000,
         batch_size: int = 10,
         val_batch_size: int | None = None,
+        bucket_batches: int = 100,
+        pad_to_multiple_of: int = 8,
         num_workers: int = 0,
         pin_memory: bool = False,
         val_fraction: float = 0.1,
@@ -332,6 +382,10 @@ class GenomeDataModule(pl.LightningDataModule):
             raise GMError(f"need 1 <= data.min_kmers <= data.max_kmers, got {min_kmers} and {max_kmers}")
         if batch_size < 1:
             raise GMError(f"data.batch_size must be at least 1, got {batch_size}")
+        if bucket_batches < 0 or pad_to_multiple_of < 1:
+            raise GMError(
+                f"need data.bucket_batches >= 0 and data.pad_to_multiple_of >= 1, got {bucket_batches} and {pad_to_multiple_of}"
+            )
         if not is_url(str(fasta)):
             open_fasta(fasta).close()  # a missing or empty file fails now, with its name, not inside fit
         self.fasta, self.k = str(fasta), k
@@ -339,6 +393,7 @@ class GenomeDataModule(pl.LightningDataModule):
         self.min_bases, self.max_bases = min_kmers + k - 1, max_kmers + k - 1
         self.p_max_length, self.max_offset = p_max_length, max_offset
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.bucket_batches, self.pad_to_multiple_of = bucket_batches, pad_to_multiple_of
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.val_fraction, self.split_block, self.split_seed = val_fraction, split_block, split_seed
         self.reverse_complement, self.seed = reverse_complement, seed
@@ -374,6 +429,8 @@ class GenomeDataModule(pl.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            bucket_batches=self.bucket_batches,
+            pad_to_multiple_of=self.pad_to_multiple_of,
         )
         self.train_set = GenomeWindows(self.cache, train_regions, self.tokenizer, batch_size=self.batch_size, train=True, **common)
         # validation windows depend on the split alone, so runs with different seeds are compared on the same windows

@@ -46,8 +46,14 @@ class MLMModule(pl.LightningModule):
     """BERT MLM with a pluggable :class:`~gm.masking.MaskingStrategy`.
 
     Masking happens in the step, on the batch's device. Its randomness and dropout's are seeded
-    from (seed, rank, epoch, batch index), so a run resumed from a checkpoint draws exactly what
-    the uninterrupted run would have drawn, on any number of devices.
+    from the batch's identity: (seed, epoch, global batch index) from the genome data module's
+    ``batch_key``, else (seed, rank, epoch, batch index). A run resumed from a checkpoint draws
+    exactly what the uninterrupted run would have drawn, and a batch is masked the same way
+    whichever device and accumulation step it lands on, so 1 device x 4 accumulated batches and
+    4 devices x 1 give the same optimiser step.
+
+    ``compile`` (True, or ``torch.compile`` options such as ``{"mode": "max-autotune"}``) compiles
+    the encoder in place at fit time; the prediction head on the masked positions stays eager.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class MLMModule(pl.LightningModule):
         warmup_steps: float = 0.05,
         seed: int = 0,
         masking_name: str | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["masking"])
@@ -78,8 +85,21 @@ class MLMModule(pl.LightningModule):
     def _seeded_generator(self, device: torch.device, *parts: int) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
-        self._generator.manual_seed(step_seed(self.hparams.seed, self.global_rank, *parts))
+        self._generator.manual_seed(step_seed(self.hparams.seed, *parts))
         return self._generator
+
+    def seed_parts(self, batch: dict[str, Any], batch_idx: int) -> tuple[int, ...]:
+        """The batch's identity for seeding: device-count independent when the data supplies it."""
+        key = batch.get("batch_key")  # Python ints (never moved to the GPU, so reading them costs no sync)
+        if key is not None:
+            return (0, *(int(v) for v in key))
+        return (3, self.global_rank, self.current_epoch, batch_idx)
+
+    def setup(self, stage: str) -> None:
+        options = self.hparams.get("compile") or False
+        if stage == "fit" and options and not getattr(self, "_compiled", False):
+            self.model.bert.compile(**({} if options is True else dict(options)))
+            self._compiled = True
 
     def mask(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> MaskedBatch:
         return self.masking(batch["input_ids"], generator)
@@ -108,9 +128,9 @@ class MLMModule(pl.LightningModule):
     # ------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         device = batch["input_ids"].device
-        seed_parts = (self.current_epoch, batch_idx)
-        torch.manual_seed(step_seed(self.hparams.seed, self.global_rank, 1, *seed_parts))  # dropout
-        masked = self.mask(batch, self._seeded_generator(device, 0, *seed_parts))
+        parts = self.seed_parts(batch, batch_idx)
+        torch.manual_seed(step_seed(self.hparams.seed, 1, *parts))  # dropout
+        masked = self.mask(batch, self._seeded_generator(device, 2, *parts))
         out = self.mlm_loss(masked, batch["attention_mask"])
         self.log("train/loss", out["loss"], prog_bar=True)
         self.log("train/perplexity", torch.exp(out["loss"].detach()))
@@ -131,7 +151,7 @@ class MLMModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # the same masks at every validation, so the curve compares like with like
-        masked = self.mask(batch, self._seeded_generator(batch["input_ids"].device, 2, batch_idx))
+        masked = self.mask(batch, self._seeded_generator(batch["input_ids"].device, 4, self.global_rank, batch_idx))
         out = self.mlm_loss(masked, batch["attention_mask"])
         self.val_loss.update(out["loss"], weight=out["n_masked"])
         self.val_accuracy.update(out["accuracy"], weight=out["n_masked"])

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
@@ -43,11 +44,16 @@ def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     masking = instantiate(cfg.masking, k=cfg.k)
     encoder = OmegaConf.to_container(cfg.model, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)  # plain types: checkpoints load with weights_only
-    module = MLMModule(encoder=encoder, masking=masking, k=cfg.k, seed=int(cfg.seed or 0), **optim)
+    compile_options = cfg.get("compile") or False
+    if isinstance(compile_options, DictConfig):
+        compile_options = OmegaConf.to_container(compile_options, resolve=True)
+    module = MLMModule(encoder=encoder, masking=masking, k=cfg.k, seed=int(cfg.seed or 0), compile=compile_options, **optim)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # nothing to report the learning rate to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer
 

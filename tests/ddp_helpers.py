@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import multiprocessing
 import pickle
 import traceback
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
@@ -29,10 +31,11 @@ def _tag_worker(make_batch):
 
 
 def _collect(loader) -> dict[str, list]:
-    out: dict[str, list] = {"windows": [], "stream_pos": [], "worker": [], "input_ids": []}
+    out: dict[str, list] = {"windows": [], "stream_pos": [], "batch_key": [], "worker": [], "input_ids": []}
     for batch in loader:
         out["windows"].append(batch["windows"].numpy().copy())
         out["stream_pos"].append(tuple(int(v) for v in batch["stream_pos"]))
+        out["batch_key"].append(tuple(batch["batch_key"]))
         out["worker"].append(int(batch["worker"]))
         out["input_ids"].append(batch["input_ids"].numpy().copy())
     return out
@@ -76,3 +79,37 @@ def ddp_epochs(
     finally:
         Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
         dist.destroy_process_group()
+
+
+class RecordSteps(pl.Callback):
+    """Test probe for launch tests: each trained batch's key and loss, and each optimiser step's
+    gradient norm (after accumulation and the DDP all-reduce), written per rank as JSON."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.batches: list[dict] = []
+        self.grad_norms: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step  # the optimiser step this batch contributes to
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = float(outputs["loss"]) * trainer.accumulate_grad_batches  # Lightning hands back loss / accumulation
+        self.batches.append({"key": list(batch["batch_key"]), "loss": loss, "step": self._step})
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.double().pow(2).sum() for p in pl_module.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.stack(grads).sum().sqrt()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "node_rank": trainer.node_rank,
+            "accumulate": trainer.accumulate_grad_batches,
+            "environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
+            "batches": self.batches,
+            "grad_norms": self.grad_norms,
+        }
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -4,6 +4,7 @@ the data module, sharding over DDP ranks x DataLoader workers, resuming, and epo
 from __future__ import annotations
 
 import gzip
+import itertools
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,16 @@ import torch.multiprocessing as mp
 
 from ddp_helpers import ddp_epochs  # tests/ is on sys.path, for pytest and for spawned processes
 from gm.fasta import build_or_load_cache, fetch
-from gm.genome import GenomeDataModule, GenomeWindows, Regions, ResumableLoader, plan_windows, split_regions
+from gm.genome import (
+    GenomeDataModule,
+    GenomeWindows,
+    Regions,
+    ResumableLoader,
+    WindowPlan,
+    bucket_by_length,
+    plan_windows,
+    split_regions,
+)
 from gm.tokenizer import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
 from gm.utils import GMError
 
@@ -60,7 +70,9 @@ def check_batch(batch: dict, records: list[tuple[str, str]], tokenizer: KmerToke
     ids, mask, meta = batch["input_ids"], batch["attention_mask"], batch["windows"]
     assert ids.shape == mask.shape and ids.shape[0] == meta.shape[0] and meta.shape[1] == 4
     k = tokenizer.k
-    assert ids.shape[1] == int(meta[:, 2].max()) - k + 1 + 2  # padded to the longest window
+    longest = int(meta[:, 2].max()) - k + 1 + 2
+    assert longest <= ids.shape[1] < longest + 8  # padded to the longest window (rounded up to a multiple of 8)
+    assert ids.shape[1] in (longest, tokenizer.max_length) or ids.shape[1] % 8 == 0
     for row in range(ids.shape[0]):
         record, start, length, reverse = meta[row].tolist()
         n = length - k + 1
@@ -274,23 +286,82 @@ def test_batches_decode_to_the_source_and_never_cross_records(tmp_path, k):
     assert sum(key[2] for key in keys) > 0.85 * cache.total_bases  # and the genome is nearly all used
 
 
-def test_shard_plans_partition_the_epoch(tmp_path):
+def in_batches(keys: list, batch_size: int) -> list[list]:
+    return [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+
+
+@pytest.mark.parametrize("bucket_batches", [0, 3])
+def test_shard_plans_partition_the_epoch(tmp_path, bucket_batches):
     cache = build_or_load_cache(write_fasta(tmp_path / "g.fa", gapped_genome(4)), tmp_path / "cache", 10)
     train, val = split_regions(cache, 1000, 0.2, seed=0)
     for regions, is_train in ((train, True), (val, False)):
-        full = plan_keys(make_windows(cache, regions, train=is_train), 0)
+        full = plan_keys(make_windows(cache, regions, train=is_train, bucket_batches=bucket_batches), 0)
         for world in (2, 3):
             shards = [
-                plan_keys(make_windows(cache, regions, train=is_train, rank=r, world_size=world), 0)
+                plan_keys(make_windows(cache, regions, train=is_train, rank=r, world_size=world, bucket_batches=bucket_batches), 0)
                 for r in range(world)
             ]
             union = [w for shard in shards for w in shard]
             assert len(set(union)) == len(union)
-            if is_train:  # equal shares: the last len % world windows of the shuffled plan are dropped
-                assert len({len(s) for s in shards}) == 1
-                assert union == full[: len(full) - len(full) % world]
+            if is_train:
+                # global batch g is rank g % world's batch g // world: the same windows on any number of
+                # ranks; every rank gets the same number of batches, so the last len % world batches are dropped
+                per_rank = [in_batches(shard, 8) for shard in shards]
+                assert len({len(b) for b in per_rank}) == 1
+                interleaved = [batch for group in zip(*per_rank) for batch in group]
+                assert interleaved == in_batches(full, 8)[: len(interleaved)]
+                assert len(interleaved) == len(in_batches(full, 8)) // world * world
             else:  # validation drops nothing
                 assert sorted(union) == sorted(full)
+
+
+def test_length_bucketing_removes_padding_and_keeps_the_windows(tmp_path):
+    """Bucketing regroups the same windows (same lengths) into batches of similar length."""
+    cache = build_or_load_cache(SAMPLE, tmp_path / "cache", 10)
+    train, _ = split_regions(cache, 100_000, 0.1, seed=0)
+    kwargs = dict(k=6, max_kmers=510, batch_size=10, reverse_complement=0.0)
+    naive = make_windows(cache, train, **kwargs)
+    bucketed = make_windows(cache, train, bucket_batches=100, pad_to_multiple_of=8, **kwargs)
+    for epoch in (0, 1):
+        a, b = naive.plan(epoch), bucketed.plan(epoch)
+        assert sorted(zip(a.region, a.start, a.length)) == sorted(zip(b.region, b.start, b.length))
+    plan = naive.plan(0)
+
+    def padding_share(dataset: GenomeWindows) -> float:
+        plan = dataset.plan(0)
+        masks = [dataset.make_batch(plan.take(slice(i, i + 10)))["attention_mask"] for i in range(0, 2000, 10)]
+        return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    assert padding_share(naive) > 0.2  # half the windows are shorter than the maximum
+    assert padding_share(bucketed) < 0.03
+    # long and short batches stay interleaved over the epoch, not sorted
+    batch_max = bucketed.plan(0).length[: len(plan) // 10 * 10].reshape(-1, 10).max(1)
+    first_half_full = (batch_max[: len(batch_max) // 2] == 515).mean()
+    assert 0.3 < first_half_full < 0.7 and (np.diff(batch_max) != 0).sum() > len(batch_max) / 3
+
+
+def test_bucket_by_length_keeps_batch_boundaries():
+    rng = np.random.default_rng(0)
+    n = 95
+    plan = WindowPlan(np.arange(n), np.zeros(n, np.int64), rng.integers(5, 100, n), np.zeros(n, bool))
+    out = bucket_by_length(plan, 10, 2, np.random.default_rng(1))
+    assert sorted(out.region.tolist()) == list(range(n))
+    assert set(out.region[90:].tolist()) <= set(range(80, 95))  # the short last batch stays last (last pool)
+    for batch in out.region[:90].reshape(-1, 10):  # each full batch comes from one pool of 20 windows, sorted
+        assert len({int(i) // 20 for i in batch}) == 1
+        assert list(plan.length[batch]) == sorted(plan.length[batch])
+    assert bucket_by_length(plan, 10, 0, None) is plan
+
+
+def test_pad_to_multiple_of_never_passes_the_model_length(tmp_path, genome):
+    fasta, records = genome
+    for multiple in (1, 8, 64):
+        dm = datamodule(fasta, tmp_path / "cache", pad_to_multiple_of=multiple, max_kmers=60)
+        for batch in itertools.islice(iter(dm.train_dataloader()), 20):
+            width = batch["input_ids"].shape[1]
+            longest = int(batch["attention_mask"].sum(1).max())
+            assert width == min(-(-longest // multiple) * multiple, 62) or (multiple == 1 and width == longest)
+            assert (batch["input_ids"][batch["attention_mask"] == 0] == PAD_ID).all()
 
 
 # ------------------------------------------------------------------------------------------ data module
@@ -377,14 +448,17 @@ def test_ddp_two_ranks_two_workers_share_every_window_once(tmp_path, genome):
             assert n == results[0]["gathered_counts"][0][epoch]
             # batches arrive in plan order, dealt round-robin to the two workers, which both work
             assert got["stream_pos"] == [(epoch, i) for i in range(n)]
+            assert got["batch_key"] == [(epoch, 2 * i + rank) for i in range(n)]
             assert got["worker"] == [i % 2 for i in range(n)]
         assert len(seen[0]["windows"]) == len(seen[1]["windows"]) > 4  # same number of steps on both ranks
         per_rank = [window_keys(got["windows"]) for got in seen]
         union = per_rank[0] + per_rank[1]
         assert len(set(union)) == len(union)  # nothing twice, across ranks and workers
-        dropped = len(full) % 2
-        assert union == full[: len(full) - dropped]  # nothing lost but the odd window, the plan's last
-        assert sorted(set(full) - set(union)) == sorted(full[len(full) - dropped :])
+        # global batch g (rank g % 2) holds the windows of batch g of the single-process run
+        interleaved = [window_keys([b]) for pair in zip(seen[0]["windows"], seen[1]["windows"]) for b in pair]
+        single_batches = in_batches(full, kwargs["batch_size"])
+        assert interleaved == single_batches[: len(interleaved)]
+        assert len(single_batches) - len(interleaved) <= 1  # nothing lost but the odd batch, the plan's last
         for got in seen:  # and the tokens are the source's
             for windows, ids in zip(got["windows"][:5], got["input_ids"][:5]):
                 batch = {
