@@ -1,7 +1,9 @@
-"""Lightning plug-ins: atomic checkpoints and a progress bar that counts steps, not epochs."""
+"""Lightning plug-ins: atomic checkpoints, a progress bar that counts steps, a CSV logger that survives resuming."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from typing import Any
 
@@ -9,9 +11,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from gm.utils import atomic_open
+from gm.utils import atomic_open, atomic_write_text
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -59,3 +64,45 @@ class StepProgressBar(TQDMProgressBar):
         if self.train_progress_bar is not None and self._should_update(step, self.train_progress_bar.total):
             _update_n(self.train_progress_bar, step)
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run keeps the rows logged before its checkpoint."""
+
+    def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
+        self.keep_before_step = keep_before_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if self.keep_before_step is None or not os.path.isfile(self.metrics_file_path):
+            return super()._check_log_dir_exists()  # a fresh run: Lightning's behaviour (old metrics removed)
+        with open(self.metrics_file_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            keys = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < self.keep_before_step]
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_file_path, text.getvalue())  # what came after the checkpoint is dropped
+        self.metrics_keys = keys
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` that continues ``metrics.csv`` when training resumes from a checkpoint.
+
+    Lightning's deletes the file when its folder is reused, so a resumed run's curves would
+    start at the resumed step. ``resume_from_step`` (set by :func:`gm.train.train` when it
+    resumes) keeps the rows logged before that step; rows after it were logged by steps the
+    resumed run trains again.
+    """
+
+    resume_from_step: int | None = None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self.resume_from_step)
+        return self._experiment

@@ -43,6 +43,10 @@ def build_data(cfg: DictConfig, k: int, max_length: int | None = None) -> FewSho
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune on the task's training shots, test once, write ``results.json``; returns the record."""
     started = time.perf_counter()
+    done = Path(cfg.paths.output_dir) / "results.json"
+    if cfg.get("skip_done") and done.is_file():  # a sweep started again: finished jobs are not re-run
+        log.info("skip_done: %s exists", done)
+        return json.loads(done.read_text())
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     try:

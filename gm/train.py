@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,7 +12,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from gm.callbacks import AtomicCheckpointIO
+from gm.callbacks import AtomicCheckpointIO, ResumableCSVLogger
 from gm.genome import GenomeDataModule
 from gm.mlm import MLMModule
 from gm.utils import GMError
@@ -58,13 +59,35 @@ def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     return datamodule, module, trainer
 
 
+def resume_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: a checkpoint, null, or ``auto``: this run folder's ``last.ckpt`` when there is one.
+
+    ``auto`` makes a command safe to repeat (a preempted SLURM job, a sweep started again): it
+    continues where the run stopped, and a finished run only re-exports its model.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "auto":
+        return ckpt_path
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("ckpt_path=auto: resuming from %s", last)
+        return str(last)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Pretrain; returns the final logged metrics. Resumes when ``cfg.ckpt_path`` is set."""
     datamodule, module, trainer = build(cfg)
+    ckpt_path = resume_path(cfg)
+    if ckpt_path:
+        step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        for logger in trainer.loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.resume_from_step = step
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("export_hf") and trainer.is_global_zero:
             path = module.export_hf(f"{cfg.paths.output_dir}/hf")
             log.info("exported Hugging Face model to %s", path)

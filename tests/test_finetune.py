@@ -119,3 +119,14 @@ def test_multirun_writes_one_record_per_job_and_analyze_tabulates_them(tmp_path)
     assert analysis.returncode == 0, analysis.stderr[-3000:]
     assert "prom_core" in analysis.stdout and "random init" in analysis.stdout
     assert list((tmp_path / "table").glob("*.png")) and list((tmp_path / "table").glob("*.md"))
+
+
+def test_skip_done_returns_the_saved_record_without_training(tmp_path):
+    cfg = compose_finetune(tmp_path, FAST + ["data=prom_core", "shots=10", "skip_done=true"])
+    first = finetune(cfg)
+    results = Path(cfg.paths.output_dir) / "results.json"
+    stamp = results.stat().st_mtime_ns
+    again = finetune(cfg)
+    assert again == json.loads(json.dumps(first)) and results.stat().st_mtime_ns == stamp  # not re-run
+    cfg.skip_done = False
+    assert finetune(cfg)["finished_at"] >= first["finished_at"] and results.stat().st_mtime_ns != stamp

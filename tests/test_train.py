@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, SAMPLE_FASTA, TINY, compose_train, run_cli, write_fasta
 from gm.mlm import MLMModule
-from gm.train import build, train
+from gm.train import build, resume_path, train
 from gm.utils import GMError
 
 
@@ -103,6 +104,8 @@ def test_tiny_run_writes_checkpoints_csv_wandb_and_hf_export(tmp_path):
     # the Hugging Face export loads in transformers and matches the Lightning module
     from transformers import BertForMaskedLM, BertTokenizer
 
+    meta = json.loads((run / "hf" / "gm_pretraining.json").read_text())
+    assert meta["pretrain_steps"] == 6 and 6 * 8 * 5 < meta["pretrain_tokens"] <= 6 * 8 * 66  # real tokens, 6 batches of 8
     hf = BertForMaskedLM.from_pretrained(run / "hf").eval()
     tok = BertTokenizer.from_pretrained(run / "hf")
     module = MLMModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", masking=instantiate(cfg.masking, k=6)).eval()
@@ -225,6 +228,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_fasta):
     assert sorted(got) == list(range(resumed_from, 40))
     for step in got:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
+
+
+def test_ckpt_path_auto_resumes_from_the_run_folder(tmp_path):
+    cfg = compose_train(tmp_path, TINY + ["ckpt_path=auto", "logger=csv", "trainer.max_steps=3"])
+    assert resume_path(cfg) is None  # nothing there yet: a fresh start
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert resume_path(cfg) == str(last)
+    cfg.trainer.max_steps = 6
+    train(cfg)  # the same command, longer: continues from step 3
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+    assert sorted(train_losses(Path(cfg.paths.output_dir))) == list(range(6))
+    for value in (None, "x.ckpt"):
+        cfg.ckpt_path = value
+        assert resume_path(cfg) == value
 
 
 # ------------------------------------------------------------------------------------------ DDP

@@ -1,0 +1,79 @@
+"""The comparison experiment's driver (gm/comparison.py): the real commands, end to end on a tiny
+scale, and resuming: a second run starts nothing that finished."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_train
+from gm import comparison
+
+TINY_PRETRAIN = [
+    "model.hidden_size=32", "model.intermediate_size=64", "model.num_attention_heads=2", "model.num_hidden_layers=1",
+    "model.max_position_embeddings=66", "data.max_kmers=64", "data.batch_size=8", "trainer.max_steps=4",
+    "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+]
+TINY_FINETUNE = ["finetune.epochs=1", "data.eval_batch_size=1024"]
+
+
+def test_experiment_configs_compose(tmp_path):
+    pretrain = compose_train(tmp_path, ["experiment=comparison_pretrain", "masking=genemask"])
+    assert pretrain.model.hidden_size == 64 and pretrain.trainer.max_steps == 1500 and pretrain.ckpt_path == "auto"
+    finetune = compose_train(tmp_path, ["experiment=comparison_finetune"], config_name="finetune")
+    assert finetune.skip_done and finetune.skip_unavailable
+    assert dict(finetune.hydra.sweeper.params) == {"data": "prom_core,prom_300,cohn_enh,splice_40", "shots": "10,50,100", "seed": "0,1,2"}
+
+
+def test_dry_run_lists_every_command(tmp_path, capsys):
+    assert comparison.main(["--out", str(tmp_path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("train.py -m experiment=comparison_pretrain") == 5
+    assert printed.count("finetune.py -m experiment=comparison_finetune") == 6 * 4
+    assert "pretrained=null model=tiny pretrained_name=random_init" in printed
+    assert not (tmp_path / "compute.json").exists()
+
+
+def test_whole_experiment_on_a_tiny_scale_then_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("GM_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "exp"
+    args = [
+        "--out", str(out), "--maskings", "genemask", "--tasks", "splice_40", "--shots", "10", "--seeds", "0", "1",
+        "--jobs", "1", "--pretrain-args", *TINY_PRETRAIN, "--finetune-args", *TINY_FINETUNE,
+    ]
+    assert comparison.main(args) == 0
+    hf = out / "pretrain" / "genemask" / "hf"
+    assert json.loads((hf / "gm_pretraining.json").read_text())["pretrain_steps"] == 4
+    for model in ("genemask", "random_init"):
+        for seed in (0, 1):
+            record = json.loads((out / "finetune" / model / "splice_40" / "shots10" / f"seed{seed}" / "results.json").read_text())
+            assert (record["pretrained_name"], record["seed"], record["shots"]) == (model, seed, 10)
+    table = (out / "analysis" / "results.md").read_text()
+    assert "genemask" in table and "random_init" in table
+    assert (out / "analysis" / "curves.png").stat().st_size > 0
+    compute = json.loads((out / "compute.json").read_text())
+    assert [(c["stage"], c["name"], c["returncode"]) for c in compute] == [
+        ("pretrain", "genemask", 0), ("finetune", "genemask-splice_40", 0), ("finetune", "random_init-splice_40", 0),
+        ("analyze", "results", 0), ("analyze", "curves", 0),
+    ]
+    # again: nothing is pretrained or fine-tuned twice; only the analysis is redone
+    assert comparison.main(args) == 0
+    stages = [c["stage"] for c in json.loads((out / "compute.json").read_text())]
+    assert stages[5:] == ["analyze", "analyze"]
+
+
+def test_an_interrupted_pretraining_is_continued_not_restarted(tmp_path, monkeypatch):
+    """A run folder with checkpoints but no export (the process was killed) resumes via ckpt_path=auto."""
+    monkeypatch.setenv("GM_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "exp"
+    base = ["--out", str(out), "--maskings", "bert", "--stages", "pretrain", "--jobs", "1", "--pretrain-args", *TINY_PRETRAIN]
+    assert comparison.main(base[:-len(TINY_PRETRAIN)] + [a.replace("max_steps=4", "max_steps=2") for a in TINY_PRETRAIN] + ["export_hf=false"]) == 0
+    run = out / "pretrain" / "bert"
+    assert not comparison.pretrained(out, "bert") and (run / "checkpoints" / "last.ckpt").is_file()
+    assert comparison.main(base) == 0
+    assert json.loads((run / "hf" / "gm_pretraining.json").read_text())["pretrain_steps"] == 4
+    log = (out / "console" / "pretrain-bert.log").read_text()
+    assert "ckpt_path=auto: resuming from" in log
