@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where results.md, results.csv and results_<metric>.png go (default: the first folder)")
     p.add_argument("--metrics", nargs="+", default=["accuracy", "f1_macro", "mcc", "auroc"],
                    choices=["accuracy", "f1_macro", "mcc", "auroc"], help="metrics to report (default: all four)")
+    p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="paired comparison of model A against B (accuracy and MCC, seed by seed, sign and Wilcoxon "
+                        "tests) into comparisons.md; repeatable")
 
     for module in MODULE_COMMANDS.values():
         importlib.import_module(module).add_parser(commands)
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "results":
             from gm.results import report
 
-            report(args.folders, args.out, args.metrics)
+            report(args.folders, args.out, args.metrics, compare=args.compare)
     except GMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -36,6 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MASKINGS = ("kmer_span", "genemask", "genemask_position", "random_span", "bert")
 TASKS = ("prom_core", "prom_300", "cohn_enh", "splice_40")
 RANDOM_INIT = "random_init"
+#: the paired comparisons the reading needs: the claim, its two controls, and pretraining at all
+COMPARISONS = (
+    ("genemask", "kmer_span"),
+    ("genemask", "genemask_position"),
+    ("genemask", "random_span"),
+    ("genemask", "bert"),
+    ("kmer_span", RANDOM_INIT),
+    ("genemask", RANDOM_INIT),
+)
 
 
 def pretrain_dir(out: Path, masking: str) -> Path:
@@ -156,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if "analyze" in args.stages:
         runs = [str(pretrain_dir(out, m)) for m in args.maskings if pretrained(out, m)]
+        done = [m for m in args.maskings if pretrained(out, m)]
+        pairs = [(a, b) for a, b in COMPARISONS if {a, b} <= {*done, RANDOM_INIT}]
+        compare = [arg for a, b in pairs for arg in ("--compare", a, b)]
         commands = [
-            ("results", [sys.executable, str(ROOT / "analyze.py"), "results", str(out / "finetune"), "--out", str(out / "analysis")]),
+            ("results", [sys.executable, str(ROOT / "analyze.py"), "results", str(out / "finetune"), "--out",
+                         str(out / "analysis"), "--metrics", "accuracy", "f1_macro", "mcc", "auroc", *compare]),
         ]
         if runs:
             commands.append(("curves", [sys.executable, str(ROOT / "analyze.py"), "curves", *runs, "--labels",

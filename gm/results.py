@@ -407,8 +407,84 @@ def write_figures(rows: Sequence[ResultRow], out: str | os.PathLike, metrics: Se
     return [plot_results(rows, metric, Path(out) / f"results_{metric}.png") for metric in _used_metrics(rows, metrics)]
 
 
+@dataclass
+class PairedComparison:
+    """Model ``a`` against model ``b`` on the runs they share (same task, shots and seed, hence the
+    same training shots and test set): the seed-by-seed differences of one metric."""
+
+    a: str
+    b: str
+    metric: str
+    cells: list[dict]  # per (task, shots): mean and std of the paired differences, seed spread of a and b
+    differences: np.ndarray  # every paired difference a - b
+    wins: int
+    losses: int
+    ties: int
+    p_sign: float  # two-sided sign test over the paired runs
+    p_wilcoxon: float  # two-sided Wilcoxon signed-rank test
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"### {self.a} vs {self.b}: {self.metric}, paired by (task, shots, seed)",
+            "",
+            f"| task | shots | seeds | {self.a} - {self.b} (mean +- std) | seed std of {self.a} | seed std of {self.b} |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in self.cells:
+            lines.append(f"| {c['task']} | {c['shots']} | {c['n']} | {c['mean']:+.4f} +- {c['std']:.4f} | "
+                         f"{c['std_a']:.4f} | {c['std_b']:.4f} |")
+        d = self.differences
+        lines += [
+            "",
+            f"Over all {d.size} paired runs: mean difference {d.mean():+.4f} (median {np.median(d):+.4f}); "
+            f"{self.a} better in {self.wins}, worse in {self.losses}, tied in {self.ties}; "
+            f"sign test p = {self.p_sign:.3g}, Wilcoxon signed-rank p = {self.p_wilcoxon:.3g}.",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def paired_comparison(records: Sequence[dict], a: str, b: str, metric: str = "mcc") -> PairedComparison:
+    """Seed-by-seed differences of ``metric`` between two model labels, with a sign and a Wilcoxon test.
+
+    Runs of the same (task, shots, seed) see the same training shots and test rows, so the
+    difference of a pair is free of the sample's luck that dominates the spread over seeds.
+    """
+    from scipy.stats import binomtest, wilcoxon
+
+    if metric not in METRICS:
+        raise GMError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    runs: dict[str, dict[tuple, float]] = {a: {}, b: {}}
+    for record in deduplicate(records):
+        label = _label(record)
+        value = record["metrics"].get(metric)
+        if label in runs and value is not None and math.isfinite(value):
+            runs[label][(record["task"], record["shots"], record["seed"])] = float(value)
+    missing = [label for label, found in runs.items() if not found]
+    if missing:
+        known = sorted({_label(r) for r in records})
+        raise GMError(f"no {metric} results for model {', '.join(map(repr, missing))}; models found: {', '.join(known)}")
+    shared = sorted(set(runs[a]) & set(runs[b]), key=lambda k: (TASK_ORDER.index(k[0]) if k[0] in TASK_ORDER else len(TASK_ORDER), k[0], k[1], k[2]))
+    if not shared:
+        raise GMError(f"models {a!r} and {b!r} share no (task, shots, seed) run to compare")
+    cells, differences = [], []
+    for task, shots in dict.fromkeys((t, n) for t, n, _ in shared):
+        keys = [k for k in shared if k[:2] == (task, shots)]
+        va, vb = np.array([runs[a][k] for k in keys]), np.array([runs[b][k] for k in keys])
+        diff = va - vb
+        differences.extend(diff)
+        spread = lambda v: float(v.std(ddof=1)) if v.size > 1 else math.nan  # noqa: E731
+        cells.append({"task": task, "shots": shots, "n": len(keys), "mean": float(diff.mean()), "std": spread(diff),
+                      "std_a": spread(va), "std_b": spread(vb)})
+    d = np.array(differences)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    p_sign = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
+    p_wilcoxon = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return PairedComparison(a, b, metric, cells, d, wins, losses, int(d.size - wins - losses), float(p_sign), p_wilcoxon)
+
+
 def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
-           metrics: Sequence[str] = METRICS, figures: bool = True) -> dict:
+           metrics: Sequence[str] = METRICS, figures: bool = True, compare: Sequence[Sequence[str]] = ()) -> dict:
     """``python analyze.py results``: collect, aggregate, print the table, write md, csv and PNGs.
 
     ``out`` defaults to the first path (its folder, if it is a file). Returns the rows and the paths
@@ -428,5 +504,13 @@ def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = N
     written = [write_markdown(rows, out / "results.md", metrics), write_csv(rows, out / "results.csv", metrics)]
     if figures:
         written += write_figures(rows, out, metrics)
+    comparisons = []
+    for a, b in compare:
+        comparisons += [paired_comparison(records, a, b, metric) for metric in metrics if metric in ("accuracy", "mcc")]
+    if comparisons:
+        text = "\n".join(c.to_markdown() for c in comparisons)
+        print("\n" + text, end="")
+        atomic_write_text(out / "comparisons.md", text)
+        written.append(out / "comparisons.md")
     print(f"\n{len(records)} runs, {len(rows)} groups; wrote " + ", ".join(str(p) for p in written))
-    return {"records": records, "rows": rows, "written": written}
+    return {"records": records, "rows": rows, "written": written, "comparisons": comparisons}

@@ -241,3 +241,37 @@ def test_null_or_nan_metric_is_left_out_and_colliding_labels_warn(tmp_path, capl
     assert row.count == {"accuracy": 2, "f1_macro": 2, "mcc": 2, "auroc": 1}
     assert row.mean["auroc"] == 0.7 and math.isnan(row.std["auroc"]) and row.mean["accuracy"] == pytest.approx(0.6)
     assert "different pretrained" in caplog.text and "/a/hf" in caplog.text and "/b/hf" in caplog.text
+
+
+def test_paired_comparison_matches_a_loop_and_scipy(sweep):
+    from scipy.stats import binomtest, wilcoxon
+
+    from gm.results import paired_comparison
+
+    records = collect([sweep])
+    result = paired_comparison(records, "genemask-10k", "random init", "mcc")
+    diffs = {}
+    for task in TASKS:
+        for shots in SHOTS:
+            for seed in SEEDS:
+                a = metric_values(task, shots, "genemask-10k", seed)["mcc"]
+                b = metric_values(task, shots, None, seed)["mcc"]
+                diffs[(task, shots, seed)] = a - b
+    want = np.array(list(diffs.values()))
+    np.testing.assert_allclose(np.sort(result.differences), np.sort(want))
+    assert [(c["task"], c["shots"], c["n"]) for c in result.cells] == [(t, n, 3) for t in TASKS for n in SHOTS]
+    first = [diffs[("prom_core", 10, s)] for s in SEEDS]
+    assert result.cells[0]["mean"] == pytest.approx(np.mean(first)) and result.cells[0]["std"] == pytest.approx(np.std(first, ddof=1))
+    assert (result.wins, result.losses) == (int((want > 0).sum()), int((want < 0).sum()))
+    assert result.p_sign == pytest.approx(binomtest(result.wins, result.wins + result.losses).pvalue)
+    assert result.p_wilcoxon == pytest.approx(wilcoxon(want).pvalue)
+    text = result.to_markdown()
+    assert "genemask-10k vs random init: mcc" in text and f"better in {result.wins}" in text
+    with pytest.raises(GMError, match="no mcc results for model 'nope'"):
+        paired_comparison(records, "nope", "random init")
+
+
+def test_cli_writes_comparisons(sweep, tmp_path):
+    assert main(["results", str(sweep), "--out", str(tmp_path / "out"), "--compare", "genemask-10k", "random init"]) == 0
+    text = (tmp_path / "out" / "comparisons.md").read_text()
+    assert "genemask-10k vs random init: accuracy" in text and "genemask-10k vs random init: mcc" in text
