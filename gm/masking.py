@@ -123,7 +123,8 @@ class MaskingStrategy:
         return torch.where(masked & (decide >= to_mask) & (decide < to_random), random_ids.to(input_ids.dtype), out)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        # settings only: derived tables (tensors, per-device caches) would print their contents
+        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_") and not isinstance(v, torch.Tensor))
         return f"{type(self).__name__}({fields})"
 
 
