@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,12 +88,16 @@ def finetune_command(out: Path, model: str, task: str, shots: list[int], seeds: 
     ]
 
 
+_COMPUTE_LOCK = threading.Lock()  # commands finish on several threads: one read-append-write at a time
+
+
 def record_compute(out: Path, entry: dict) -> None:
     """Append one command's wall time to ``compute.json`` (rewritten atomically)."""
     path = out / "compute.json"
-    entries = json.loads(path.read_text()) if path.is_file() else []
-    entries.append(entry)
-    atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
+    with _COMPUTE_LOCK:
+        entries = json.loads(path.read_text()) if path.is_file() else []
+        entries.append(entry)
+        atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
 
 
 def run(command: list[str], out: Path, stage: str, name: str, threads: int, dry_run: bool) -> int:
@@ -115,12 +120,15 @@ def run(command: list[str], out: Path, stage: str, name: str, threads: int, dry_
     return code
 
 
-def run_all(commands: list[tuple[str, list[str]]], out: Path, stage: str, jobs: int, dry_run: bool) -> list[str]:
-    """Run ``(name, command)`` pairs, ``jobs`` at a time; returns the names that failed."""
+def run_all(commands: list[tuple[str, list[str]]], out: Path, stage: str, jobs: int, dry_run: bool) -> bool:
+    """Run ``(name, command)`` pairs, ``jobs`` at a time; False (after saying which) if any failed."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         codes = list(pool.map(lambda item: run(item[1], out, stage, item[0], threads, dry_run), commands))
-    return [name for (name, _), code in zip(commands, codes) if code != 0]
+    failed = [name for (name, _), code in zip(commands, codes) if code != 0]
+    if failed:
+        print(f"error: {stage} failed for {failed}; see {out / 'console'}", file=sys.stderr)
+    return not failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if "pretrain" in args.stages:
         todo = [(m, pretrain_command(out, m, slurm + args.pretrain_args)) for m in args.maskings if not pretrained(out, m)]
         print(f"pretraining: {len(args.maskings) - len(todo)} done, {len(todo)} to run", flush=True)
-        failed = run_all(todo, out, "pretrain", args.jobs, args.dry_run)
-        if failed:
-            print(f"error: pretraining failed for {failed}; see {out / 'console'}", file=sys.stderr)
+        if not run_all(todo, out, "pretrain", args.jobs, args.dry_run):
             return 1
 
     if "finetune" in args.stages:
@@ -158,13 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             if not finetuned(out, model, task, args.shots, args.seeds)
         ]
         print(f"fine-tuning: {len(models) * len(args.tasks) - len(todo)} (model, task) sweeps done, {len(todo)} to run", flush=True)
-        failed = run_all(todo, out, "finetune", args.jobs, args.dry_run)
-        if failed:
-            print(f"error: fine-tuning failed for {failed}; see {out / 'console'}", file=sys.stderr)
+        if not run_all(todo, out, "finetune", args.jobs, args.dry_run):
             return 1
 
     if "analyze" in args.stages:
-        runs = [str(pretrain_dir(out, m)) for m in args.maskings if pretrained(out, m)]
         done = [m for m in args.maskings if pretrained(out, m)]
         pairs = [(a, b) for a, b in COMPARISONS if {a, b} <= {*done, RANDOM_INIT}]
         compare = [arg for a, b in pairs for arg in ("--compare", a, b)]
@@ -172,12 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             ("results", [sys.executable, str(ROOT / "analyze.py"), "results", str(out / "finetune"), "--out",
                          str(out / "analysis"), "--metrics", "accuracy", "f1_macro", "mcc", "auroc", *compare]),
         ]
-        if runs:
-            commands.append(("curves", [sys.executable, str(ROOT / "analyze.py"), "curves", *runs, "--labels",
-                                        *[m for m in args.maskings if pretrained(out, m)], "--smooth", "5",
+        if done:
+            commands.append(("curves", [sys.executable, str(ROOT / "analyze.py"), "curves",
+                                        *[str(pretrain_dir(out, m)) for m in done], "--labels", *done, "--smooth", "5",
                                         "--title", "Pretraining curves (comparison)", "--out", str(out / "analysis" / "curves.png")]))
-        failed = run_all(commands, out, "analyze", 1, args.dry_run)
-        if failed:
+        if not run_all(commands, out, "analyze", 1, args.dry_run):
             return 1
         if not args.dry_run:
             print(f"results: {out / 'analysis' / 'results.md'}")

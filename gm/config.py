@@ -59,7 +59,7 @@ def by_shots(shots: int, few: Any, many: Any) -> Any:
 
 def device_count(devices: Any, accelerator: Any = "auto") -> int:
     """How many devices per node a ``trainer.devices`` value means (int, "auto", -1, "0,1", [0, 1])."""
-    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+    if not isinstance(devices, str) and hasattr(devices, "__len__"):  # a list of ids (also OmegaConf's ListConfig)
         return len(devices)
     text = str(devices).strip()
     if text in {"auto", "-1"}:

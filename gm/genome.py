@@ -150,6 +150,11 @@ def plan_windows(
     return plan.take(rng.permutation(len(plan))) if shuffle else plan
 
 
+def batch_windows(batches: np.ndarray, batch_size: int) -> np.ndarray:
+    """Window indices of whole batches, in order: batch b holds windows b*size .. b*size + size - 1."""
+    return (batches[:, None] * batch_size + np.arange(batch_size)).ravel()
+
+
 def bucket_by_length(plan: WindowPlan, batch_size: int, pool_batches: int, rng: np.random.Generator | None) -> WindowPlan:
     """Group windows of similar length into batches; the set of windows is unchanged.
 
@@ -167,8 +172,7 @@ def bucket_by_length(plan: WindowPlan, batch_size: int, pool_batches: int, rng: 
     order = np.lexsort((plan.length, pool))  # by pool, then length; stable, so ties keep the shuffled order
     n_full = n // batch_size
     batch_order = rng.permutation(n_full) if rng is not None else np.arange(n_full)
-    window_order = (batch_order[:, None] * batch_size + np.arange(batch_size)).ravel()
-    window_order = np.concatenate((window_order, np.arange(n_full * batch_size, n)))
+    window_order = np.concatenate((batch_windows(batch_order, batch_size), np.arange(n_full * batch_size, n)))
     return plan.take(order[window_order])
 
 
@@ -238,7 +242,7 @@ class GenomeWindows(IterableDataset):
             if self.train:  # global batch g to rank g % world; equal counts, so every rank runs the same steps
                 per_rank = math.ceil(len(full) / self.batch_size) // self.world_size
                 batches = np.arange(per_rank) * self.world_size + self.rank
-                index = (batches[:, None] * self.batch_size + np.arange(self.batch_size)).ravel()
+                index = batch_windows(batches, self.batch_size)
                 mine = full.take(index[index < len(full)])
             else:  # validation may be uneven: no window is dropped
                 mine = full.take(slice(self.rank, None, self.world_size))

@@ -464,7 +464,7 @@ def paired_comparison(records: Sequence[dict], a: str, b: str, metric: str = "mc
     if missing:
         known = sorted({_label(r) for r in records})
         raise GMError(f"no {metric} results for model {', '.join(map(repr, missing))}; models found: {', '.join(known)}")
-    shared = sorted(set(runs[a]) & set(runs[b]), key=lambda k: (TASK_ORDER.index(k[0]) if k[0] in TASK_ORDER else len(TASK_ORDER), k[0], k[1], k[2]))
+    shared = sorted(set(runs[a]) & set(runs[b]), key=lambda k: (_task_rank(k[0]), k[1], k[2]))
     if not shared:
         raise GMError(f"models {a!r} and {b!r} share no (task, shots, seed) run to compare")
     cells, differences = [], []
