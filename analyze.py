@@ -9,6 +9,7 @@ Thin entry point: the work is in :mod:`gm.analyze`.
 import sys
 
 from gm.analyze import main
+from gm.config import exit_on_user_error
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error(main))  # a full disk or a read-only folder: one line, not a traceback

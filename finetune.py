@@ -12,9 +12,13 @@ from gm.config import run_entry
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
 def main(cfg: DictConfig) -> None:
-    from gm.finetune import finetune  # imported here so `--help` and config errors stay fast
+    run_entry(run, cfg)
 
-    run_entry(finetune, cfg)
+
+def run(cfg: DictConfig) -> object:
+    from gm.finetune import finetune  # imported after the config is checked: `--help` and bad values stay fast
+
+    return finetune(cfg)
 
 
 if __name__ == "__main__":

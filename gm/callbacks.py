@@ -1,4 +1,4 @@
-"""Lightning plug-ins: atomic checkpoints, a progress bar that counts steps, a CSV logger that survives resuming."""
+"""Lightning plug-ins: atomic checkpoints that record their run, a progress bar that counts steps, a CSV logger that survives resuming."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, _update_n
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -29,15 +29,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
 
+#: the checkpoint key under which :class:`RunRecord` stores what the run was trained on
+RUN_KEY = "gm_run"
+
+
+class RunRecord(Callback):
+    """Store the run's identity (data source, masking, model, k) and ``max_steps`` in every checkpoint.
+
+    A run resumed from the checkpoint is checked against it (:func:`gm.train.check_resume`): a
+    different genome or masking would otherwise continue silently, and a different
+    ``max_steps`` silently reshapes the learning-rate schedule.
+    """
+
+    def __init__(self, identity: dict[str, Any]) -> None:
+        self.identity = identity
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_KEY] = {**self.identity, "max_steps": int(trainer.max_steps)}
+
+
 class StepCheckpoint(ModelCheckpoint):
     """Periodic checkpoints plus one at the end of training, whatever ``max_steps`` is.
 
     Lightning's ``ModelCheckpoint`` with ``every_n_train_steps`` misses the final weights when the
     run ends between two periodic saves; a finished run should always leave them.
+
+    A resumed run continues in its own folder, so it writes ``last.ckpt`` and ``step_*.ckpt``
+    again, not ``last-v1.ckpt`` beside them (Lightning's version counter, which it applies
+    whenever the folder's path differs from the one the checkpoint recorded, e.g. a moved run).
     """
+
+    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # the final step: saved here, before its validation, like the periodic checkpoints. Saved
+            # after it (at train end), the loop state makes a run extended from it (a larger
+            # max_steps) start a new epoch, off the data plan and one off in the logged steps
+            self._save_final(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
+        self._save_final(trainer)  # a run that ended another way (max_epochs, a stop signal)
+
+    def _save_final(self, trainer: pl.Trainer) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
             candidates = self._monitor_candidates(trainer)
             self._save_none_monitor_checkpoint(trainer, candidates)
@@ -64,6 +101,15 @@ class StepProgressBar(TQDMProgressBar):
         if self.train_progress_bar is not None and self._should_update(step, self.train_progress_bar.total):
             _update_n(self.train_progress_bar, step)
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def init_validation_tqdm(self) -> Tqdm:
+        """No second bar for validation during training: the step bar shows val/loss when it ends."""
+        return super().init_validation_tqdm() if self.trainer.state.fn == "validate" else Tqdm(disable=True)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)  # the logger's run id, nothing to watch
+        return items
 
 
 class _KeepingWriter(ExperimentWriter):

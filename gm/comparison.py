@@ -24,6 +24,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import threading
@@ -101,7 +102,8 @@ def record_compute(out: Path, entry: dict) -> None:
 
 
 def run(command: list[str], out: Path, stage: str, name: str, threads: int, dry_run: bool) -> int:
-    print("$ " + " ".join(command[1:] if command[0] == sys.executable else command), flush=True)
+    # the whole command, interpreter included and shell-quoted, so that it can be pasted into a shell
+    print("$ " + shlex.join(command), flush=True)
     if dry_run:
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-args", nargs="*", default=[], help="extra train.py overrides, e.g. model=logo trainer=gpu")
     parser.add_argument("--finetune-args", nargs="*", default=[], help="extra finetune.py overrides")
     parser.add_argument("--stages", nargs="+", default=["pretrain", "finetune", "analyze"], choices=["pretrain", "finetune", "analyze"])
-    parser.add_argument("--dry-run", action="store_true", help="print the commands still to run, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands still to run (each ready to paste into a shell), run nothing")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -79,15 +79,30 @@ def _jobs(folder: Path) -> list[Path]:
 
 
 def expand_runs(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
-    """(run folder, metrics.csv) for every path: a run folder, a metrics.csv, or a multirun folder of jobs."""
+    """(run folder, metrics.csv) for every path: a run folder, a metrics.csv, or a multirun folder of jobs.
+
+    A path with no metrics (a crashed run, one logged without ``logger=csv``: common in a glob such
+    as ``logs/pretrain/runs/*``) is skipped with a one-line note; only when no path has metrics is it
+    an error, naming the path (or how many there were) and what was looked for. A path that does not
+    exist is always an error (a typo, not a run without metrics).
+    """
+    runs, skipped = _expand(paths)
+    _skip_or_fail(runs, skipped)
+    return runs
+
+
+def _expand(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """:func:`expand_runs`'s work: the runs found and the paths without metrics (path, why)."""
     if not paths:
         raise GMError("no run folders given")
     runs: list[tuple[Path, Path]] = []
+    skipped: list[tuple[Path, str]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             if path.suffix != ".csv":
-                raise GMError(f"{path}: not a run folder or a metrics.csv")
+                skipped.append((path, "not a run folder or a metrics.csv"))
+                continue
             folder = path.parent.parent if path.parent.name == "csv" else path.parent
             runs.append((folder, path))
             continue
@@ -101,16 +116,35 @@ def expand_runs(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
         found = [(job, m) for job in jobs if (m := _metrics_file(job)) is not None]
         if not found:
             what = (f"nor in any of its {len(jobs)} numbered job folders" if jobs else "and no numbered multirun job folders")
-            raise GMError(f"{path}: no metrics.csv (looked for csv/metrics.csv, csv/version_*/metrics.csv and metrics.csv, "
-                          f"{what}); was the run logged with logger=csv?")
+            skipped.append((path, "no metrics.csv (looked for csv/metrics.csv, csv/version_*/metrics.csv and metrics.csv, "
+                                  f"{what})"))
+            continue
         missing = [job.name for job in jobs if _metrics_file(job) is None]
         if missing:
-            log.warning("%s: job(s) %s have no metrics.csv and are left out", path, ", ".join(missing))
+            log.warning("note: %s: job(s) %s have no metrics.csv and are left out", path, ", ".join(missing))
         runs.extend(found)
-    return runs
+    return runs, skipped
+
+
+def _skip_or_fail(kept: Sequence, skipped: list[tuple[Path, str]]) -> None:
+    """A note per skipped path while something is left to plot; one clear error when nothing is."""
+    if kept:
+        for path, why in skipped:
+            log.warning("note: %s: %s; skipped", path, why)
+        return
+    hint = "; was the run logged with logger=csv?" if any(why.startswith("no metrics.csv") for _, why in skipped) else ""
+    if len(skipped) == 1:
+        path, why = skipped[0]
+        raise GMError(f"{path}: {why}{hint}")
+    raise GMError(f"none of the {len(skipped)} paths given has logged metrics (" + ", ".join(str(p) for p, _ in skipped[:5])
+                  + (", ..." if len(skipped) > 5 else "") + f"){hint}")
 
 
 # ------------------------------------------------------------------------------------------ reading
+class NoRowsError(GMError):
+    """A metrics.csv with a header and no logged rows yet (a run that stopped before its first log)."""
+
+
 def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """metric -> (steps, values) from a Lightning CSVLogger file; empty cells skipped, last value per step kept."""
     path = Path(path)
@@ -150,7 +184,7 @@ def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 except ValueError:
                     raise GMError(f"{path}:{reader.line_num}: {name} = {value!r} is not a number") from None
     if rows == 0:
-        raise GMError(f"{path}: no logged rows yet (only the header)")
+        raise NoRowsError(f"{path}: no logged rows yet (only the header)")
     out = {}
     for name, by_step in points.items():
         if by_step:
@@ -219,14 +253,20 @@ def run_label(folder: Path, config: dict[str, Any]) -> str:
 
 def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[Run]:
     """Every run behind ``paths`` (multirun folders expanded), read and labelled."""
-    found = expand_runs(paths)
-    if labels is not None and len(labels) != len(found):
-        raise GMError(f"--labels gives {len(labels)} label(s) for {len(found)} run(s): "
-                      + ", ".join(str(folder) for folder, _ in found))
+    found, skipped = _expand(paths)
     runs = []
     for folder, metrics in found:
+        try:
+            values = read_metrics(metrics)
+        except NoRowsError as err:
+            skipped.append((metrics, str(err).removeprefix(f"{metrics}: ")))
+            continue
         config = read_config(folder)
-        runs.append(Run(folder, metrics, read_metrics(metrics), config, run_label(folder, config)))
+        runs.append(Run(folder, metrics, values, config, run_label(folder, config)))
+    _skip_or_fail(runs, skipped)
+    if labels is not None and len(labels) != len(runs):
+        raise GMError(f"--labels gives {len(labels)} label(s) for {len(runs)} run(s): "
+                      + ", ".join(str(run.folder) for run in runs))
     if labels is not None:
         for run, label in zip(runs, labels):
             run.label = label
@@ -264,10 +304,11 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     Training series are smoothed with a trailing mean of ``smooth_window`` logged points (the raw
     series is drawn faintly behind); validation points are never smoothed.
     """
-    from gm.plots import pyplot, save_figure
+    from gm.plots import check_figure_path, pyplot, save_figure
 
     if smooth_window < 1:
         raise GMError(f"--smooth must be at least 1 (1 = no smoothing), got {smooth_window}")
+    check_figure_path(out)
     runs = load_runs(paths, labels)
     panels = [(t, [(m, s) for m, s in metrics if any(m in r.metrics for r in runs)], y) for t, metrics, y in PANELS]
     panels = [p for p in panels if p[1]]

@@ -566,10 +566,12 @@ def run_enrichment(tasks: Sequence[str] | None = None, ranking_csv: str | Path |
         raise GMError(f"--top must be at least 1, got {top}")
     if not 0 < q <= 1:
         raise GMError(f"--q must be in (0, 1], got {q}")
+    from gm.analyze import check_output_folder
+
+    out_dir = check_output_folder(out_dir)
     ranking_csv = Path(ranking_csv or AUTHORS_RANKING)
     ranking = read_ranking(ranking_csv, 6)
     ranked = len(ranking)
-    out_dir = Path(out_dir)
     summaries: dict = {}
     details: dict = {}
     csv_paths: dict = {}

@@ -2,12 +2,14 @@
 
 The cache stores only runs of unambiguous bases (A/C/G/T, any case), 2 bits a base, because
 pretraining windows never cross a run of N: a 3.1 Gb genome becomes ~0.8 GB that every
-DataLoader worker memory-maps. It is built once, atomically, and rebuilt when the source changes.
+DataLoader worker memory-maps. It is built once, atomically, checked cheaply at every open, and
+rebuilt when the source changes or the cache is damaged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import hashlib
@@ -15,6 +17,7 @@ import http.client
 import json
 import logging
 import os
+import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -26,11 +29,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gm.tokenizer import BYTE_TO_CODE, INVALID_CODE
-from gm.utils import GMError, atomic_directory, atomic_open
+from gm.utils import GMError, atomic_directory, atomic_open, remove_stale_temporaries, write_error
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the manifest records file sizes and checksums, checked at every open
+#: files up to this size are hashed whole to fingerprint them; larger ones are sampled
+_WHOLE_HASH_LIMIT = 32 << 20
+_SAMPLE_BLOCK, _SAMPLE_BLOCKS = 64 << 10, 65  # an odd count: the middle block is always sampled
 _CHUNK = 1 << 24
 _NEWLINE, _CR, _GT = 10, 13, ord(">")
 #: bytes allowed on sequence lines: letters (IUPAC codes, soft-masking), gaps and whitespace
@@ -58,8 +64,8 @@ def fetch(url: str, directory: str | os.PathLike) -> Path:
     name = target.name
     if target.is_file() and target.stat().st_size > 0:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         # atomic_open: a temporary file renamed into place only when complete, removed on any failure
         with urllib.request.urlopen(url) as response, atomic_open(target) as out:  # noqa: S310 (user-given URL)
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -72,6 +78,11 @@ def fetch(url: str, directory: str | os.PathLike) -> Path:
             if total is not None and written != total:
                 raise GMError(f"{url}: download incomplete: got {written} of {total} bytes")
     except (OSError, http.client.HTTPException) as err:  # HTTPException: e.g. a connection cut mid-body
+        if isinstance(err, OSError) and not isinstance(err, urllib.error.URLError):  # the download folder, not the URL
+            hint = "set GM_CACHE_DIR (paths.cache_dir) or data.download_dir to another folder"
+            error = write_error(target, err, hint)
+            if error is not None:
+                raise error from err
         raise GMError(f"{url}: download failed: {err!r}") from err
     return target
 
@@ -191,17 +202,34 @@ def _parse(handle: BinaryIO, path: Path, chunk_size: int, bar: tqdm) -> Iterator
 
 
 # ------------------------------------------------------------------------------------------ cache
-def fingerprint(path: str | os.PathLike) -> dict:
-    """Identity of a source file: size, mtime and a hash of its first and last MiB (all of it up to 2 MiB)."""
-    path = Path(path)
-    stat = path.stat()
+def sampled_hash(path: str | os.PathLike, size: int | None = None) -> str:
+    """Hash of a file, read whole up to 32 MiB; beyond, of its first and last MiB and 65 blocks of
+    64 KiB spread evenly over it (about 6 MiB, whatever the size).
+
+    Cheap enough to run at every open, and an edit that keeps the size (and even the mtime)
+    is caught whenever it touches a sampled byte: anywhere in a file up to 32 MiB, and in a large
+    one, near its ends or at a sampled block.
+    """
+    size = Path(path).stat().st_size if size is None else size
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(size).encode())
     with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
-        if stat.st_size > 1 << 20:  # the last MiB, or all that the first left out
-            handle.seek(max(1 << 20, stat.st_size - (1 << 20)))
-            digest.update(handle.read())
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": digest.hexdigest()}
+        if size <= _WHOLE_HASH_LIMIT:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+            return digest.hexdigest()
+        offsets = [0, size - (1 << 20)]
+        offsets += np.linspace(0, size - _SAMPLE_BLOCK, _SAMPLE_BLOCKS).astype(np.int64).tolist()
+        for offset, length in zip(offsets, [1 << 20, 1 << 20] + [_SAMPLE_BLOCK] * _SAMPLE_BLOCKS):
+            handle.seek(offset)
+            digest.update(handle.read(length))
+    return digest.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """Identity of a source file: size, mtime and :func:`sampled_hash` of its content."""
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": sampled_hash(path, stat.st_size)}
 
 
 def pack(codes: np.ndarray) -> np.ndarray:
@@ -252,18 +280,63 @@ def cache_dir_for(fasta: Path, cache_root: str | os.PathLike, min_segment: int) 
     return Path(cache_root) / f"{fasta.name}.{key}"
 
 
-def _load_if_current(directory: Path, source: dict) -> GenomeCache | None:
-    """The cache in ``directory`` if it was built by this code version from this exact source."""
-    meta_path = directory / "meta.json"
-    if not meta_path.is_file():
-        return None
+def _cache_files(directory: Path) -> dict:
+    """What the manifest records of the cache's data files: exact sizes and checksums."""
+    bases, segments = directory / "bases.2bit", directory / "segments.npy"
+    return {
+        "bases.2bit": {"size": bases.stat().st_size, "hash": sampled_hash(bases)},
+        "segments.npy": {"size": segments.stat().st_size, "hash": sampled_hash(segments)},
+    }
+
+
+def _why_not_current(directory: Path, source: dict) -> str | None:
+    """Why the cache in ``directory`` cannot be used for ``source`` (None: it can).
+
+    Checks that it was built by this version from this exact source, and that its data files
+    are the ones it was built with (sizes and checksums from its manifest): a truncated or
+    overwritten ``bases.2bit`` would otherwise be read out of bounds at every later run.
+    """
     try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("version") == CACHE_VERSION and meta.get("source") == source:
-            return GenomeCache.load(directory)
-        log.info("genome cache %s is stale; rebuilding", directory)
-    except (ValueError, OSError):
-        log.warning("genome cache %s is unreadable; rebuilding", directory)
+        meta = json.loads((directory / "meta.json").read_text())
+    except (ValueError, OSError) as err:
+        return f"its manifest meta.json is unreadable ({err.__class__.__name__})"
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+        return f"it was built by another version of the cache format (not {CACHE_VERSION})"
+    built_from = meta.get("source") or {}
+    if built_from != source:
+        changed = [key for key in ("size", "mtime_ns", "hash") if built_from.get(key) != source[key]]
+        return f"the source file changed since it was built ({', '.join(changed)} differ)"
+    try:
+        files = _cache_files(directory)
+    except OSError as err:
+        return f"a data file is missing or unreadable ({err.strerror}: {err.filename})"
+    for name, expected in (meta.get("files") or {}).items():
+        got = files.get(name)
+        if got is None or got["size"] != expected["size"]:
+            size = got["size"] if got else "missing"
+            return f"{name} is {size} bytes, not the {expected['size']} it was built with (damaged)"
+        if got["hash"] != expected["hash"]:
+            return f"{name} does not match its checksum (damaged)"
+    if set(meta.get("files") or {}) != set(files):
+        return "its manifest does not list its data files"
+    return None
+
+
+def _load_if_current(directory: Path, source: dict, say_why: bool = False) -> GenomeCache | None:
+    """The cache in ``directory`` if it is sound and was built by this code version from this
+    exact source; otherwise None (with ``say_why``, and a log line saying why it is rebuilt)."""
+    if not (directory / "meta.json").is_file():
+        return None
+    why = _why_not_current(directory, source)
+    if why is None:
+        cache = GenomeCache.load(directory)
+        last = int(np.argmax(cache.seg_offset)) if cache.seg_offset.size else None
+        end = int(cache.seg_offset[last] + cache.seg_length[last]) if last is not None else 0
+        if cache.seg_record.size == cache.meta.get("segments") and end <= 4 * cache.meta["files"]["bases.2bit"]["size"]:
+            return cache
+        why = "its segments do not fit its bases (damaged)"
+    if say_why:
+        log.warning("genome cache %s: %s; rebuilding it", directory, why)
     return None
 
 
@@ -288,15 +361,27 @@ def build_or_load_cache(fasta: str | os.PathLike, cache_root: str | os.PathLike,
     fasta = Path(fasta)
     open_fasta(fasta).close()  # clear errors for missing/empty files before anything else
     directory = cache_dir_for(fasta, cache_root, min_segment)
+    remove_stale_temporaries(directory.parent)  # a killed build's .tmp-* folder (a whole genome: ~0.8 GB)
     source = fingerprint(fasta)
     cached = _load_if_current(directory, source)
     if cached is not None:
         return cached
-    with _exclusive(directory.with_name(f".{directory.name}.lock")):
-        cached = _load_if_current(directory, source)
-        if cached is not None:  # built by another process while this one waited
-            return cached
-        return _build_cache(fasta, directory, source, min_segment)
+    try:
+        with _exclusive(directory.with_name(f".{directory.name}.lock")):
+            cached = _load_if_current(directory, source, say_why=True)
+            if cached is not None:  # built by another process while this one waited
+                return cached
+            return _build_cache(fasta, directory, source, min_segment)
+    except OSError as err:
+        hint = (
+            "free some space, or set GM_CACHE_DIR (paths.cache_dir) to a folder on another disk"
+            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else "set GM_CACHE_DIR (paths.cache_dir) to a folder you can write"
+        )
+        error = write_error(f"the genome cache {directory}", err, hint)
+        if error is None or err.filename == str(fasta):
+            raise
+        raise error from err
 
 
 def _build_cache(fasta: Path, directory: Path, source: dict, min_segment: int) -> GenomeCache:
@@ -335,5 +420,6 @@ def _build_cache(fasta: Path, directory: Path, source: dict, min_segment: int) -
             "segments": len(rows),
             "bases": int(sum(r[2] for r in rows)),
         }
+        meta["files"] = _cache_files(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return GenomeCache.load(directory)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -245,6 +246,11 @@ def _read_cached(
             matches = [i for i, h in enumerate(header) if h == wanted] or [
                 i for i, h in enumerate(header) if h.lower() == wanted.lower()]
             if not matches:
+                if header and header[0].startswith(">") or len(header) == 1 and _looks_like_bases(header[0]):
+                    kind = "a FASTA file" if header[0].startswith(">") else "a headerless one-sequence-per-line file"
+                    raise GMError(f"{shown}: {kind} has no labels, but this slot takes a table with {sequence_column!r} "
+                                  f"and {label_column!r} columns; give one such file per class instead: "
+                                  "data.custom_train='{label_a: a.fa, label_b: b.fa}' (see README)")
                 raise GMError(f"{shown}: no column {wanted!r} (columns found: {', '.join(map(repr, header))})")
             columns.append(matches[0])
         seq_col, lab_col = columns
@@ -297,6 +303,84 @@ def _check_bases(sequences: list[str], lines: list[int], shown: str) -> None:
     raise GMError(f"{shown}:{lines[row]}: character {char!r} in the sequence (only A, C, G, T, N are allowed)")
 
 
+def _looks_like_bases(text: str) -> bool:
+    """A line of bases or space-separated k-mers (not a column name)."""
+    letters = text.replace(" ", "").upper()
+    return len(letters) >= 8 and set(letters) <= set("ACGTN")
+
+
+def read_sequences(path: str | os.PathLike, label: int) -> list[Example]:
+    """The sequences of one class's file: FASTA (records may span lines) or one sequence per line.
+
+    Raw bases in any case or space-separated k-mers; gzipped or not. A table (a line with a tab
+    or a comma) is not a per-class file: that is a :class:`GMError` saying where tables go.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise GMError(f"{path}: cannot read few-shot data ({err.strerror})") from None
+    return [Example(s, label, where) for s, where in _read_sequences_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(path))]
+
+
+@functools.lru_cache(maxsize=64)
+def _read_sequences_cached(resolved: str, mtime: int, size: int, shown: str) -> tuple[tuple[str, str], ...]:
+    texts: list[str] = []
+    lines: list[int] = []
+    with _open_text(Path(resolved)) as handle:
+        fasta = None
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if fasta is None:
+                fasta = line.startswith(">")
+                if not fasta and ("\t" in line or "," in line):
+                    raise GMError(f"{shown}:{number}: a table, but a per-class file holds FASTA records or one sequence "
+                                  "per line; give a table (with sequence and label columns) as data.custom_train=<file>")
+            if fasta and line.startswith(">"):
+                texts.append("")
+                lines.append(number)
+            elif fasta:
+                texts[-1] += line
+            else:
+                texts.append(line)
+                lines.append(number)
+    if not texts:
+        raise GMError(f"{shown}: no sequences")
+    empty = next((i for i, t in enumerate(texts) if not t), None)
+    if empty is not None:
+        raise GMError(f"{shown}:{lines[empty]}: FASTA record without a sequence")
+    texts = [t.upper() for t in texts]
+    kmer_rows = [i for i, t in enumerate(texts) if " " in t]
+    if kmer_rows:
+        bases = _kmer_texts_to_bases([texts[i] for i in kmer_rows], [f"{shown}:{lines[i]}" for i in kmer_rows])
+        for i, sequence in zip(kmer_rows, bases):
+            texts[i] = sequence
+    _check_bases(texts, lines, shown)
+    return tuple((t, f"{shown}:{n}") for t, n in zip(texts, lines))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes: which data a run saw, whatever the file is called or where it lies."""
+    path = Path(path)
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_cached(resolved: str, mtime: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_record(role: str, path: Path, label: str | None = None) -> dict[str, Any]:
+    return {"role": role, "path": str(path), **({"label": label} if label is not None else {}), "sha256": file_sha256(path)}
+
+
 # ------------------------------------------------------------------------------------------ splits
 @dataclass
 class FewShotSplit:
@@ -314,6 +398,13 @@ class FewShotSplit:
     train_test_overlap: int  # training sequences also in the test set (the shipped files have a few)
     note: str = ""
     pool_size: dict[int, int] = field(default_factory=dict)  # distinct sequences per class the shots could come from
+    files: list[dict[str, Any]] = field(default_factory=list)  # every file read: role, path, label, sha256
+
+    @property
+    def data_sha256(self) -> str:
+        """One hash of the data the run saw (roles, labels and content of its files, not their paths)."""
+        parts = sorted(f"{f['role']}:{f.get('label', '')}:{f['sha256']}" for f in self.files)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     @property
     def num_classes(self) -> int:
@@ -394,7 +485,7 @@ def _read_many(paths: list[Path], **kwargs: Any) -> list[Example]:
 
 
 def make_split(
-    task: str | TaskSpec,
+    task: str | TaskSpec | None,
     shots: int,
     seed: int,
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
@@ -405,11 +496,12 @@ def make_split(
 ) -> FewShotSplit:
     """The train/val/test split of one run (spec §5; policy in the module docstring).
 
-    ``custom`` = {"train": path, "test": path or None, "sequence_column", "label_column",
-    "test_per_class", "label_names"} uses the user's files instead of a shipped task: there are
-    no shot files, so the shots are always drawn; the test set is carved from the training file
-    when no test file is given (``test_per_class`` per class; default ``CUSTOM_TEST_FRACTION`` of
-    the smallest class). Same arguments, same split.
+    ``custom`` = {"train", "test" (or None), "sequence_column", "label_column", "test_per_class",
+    "label_names"} uses the user's files instead of a shipped task (see :func:`_custom_task` for
+    the forms a file slot takes); there are no shot files, so the shots are always drawn; the test
+    set is carved from the training data when no test file is given (``test_per_class`` per class;
+    default ``CUSTOM_TEST_FRACTION`` of the smallest class). ``task`` names a custom task (None or
+    ``custom``: derived from the training file names). Same arguments, same split.
     """
     shots = int(shots)
     if shots < 1:
@@ -418,25 +510,33 @@ def make_split(
         raise GMError(f"val_fraction must be in [0, 1), got {val_fraction}")
     data_dir = Path(data_dir)
     if custom is not None:
-        spec, read_kwargs, train_paths, test_path = _custom_task(task, custom)
+        spec, label_names, pool_examples, test, files = _custom_task(task, custom)
+        train_files = [f for f in files if f["role"] == "train"]
+        test_files = [f for f in files if f["role"] == "test"]
+        read_pool = lambda: pool_examples  # noqa: E731
+        test_name = ", ".join(Path(f["path"]).name for f in test_files)
     else:
         spec = get_task(task)
-        read_kwargs = {"label_names": spec.label_names}
+        label_names = spec.label_names
         train_paths = [data_dir / f for f in spec.train_files]
-        test_path = data_dir / spec.test_file if spec.test_file else None
+        read_pool = lambda: _read_many(train_paths, label_names=label_names)  # noqa: E731
+        train_files = [_file_record("train", path) for path in train_paths]
+        test_files = [_file_record("test", data_dir / spec.test_file)] if spec.test_file else []
+        test = read_examples(data_dir / spec.test_file, label_names=label_names)[0] if spec.test_file else None
+        test_name = Path(spec.test_file).name if spec.test_file else ""
     name = spec.name
 
-    if test_path is not None:
-        test, label_names = read_examples(test_path, **read_kwargs)
-        read_kwargs["label_names"] = label_names
+    if test is not None:
+        _check_test_classes(test, label_names, test_name)
         test_sequences = {e.sequence for e in test}
         shipped = spec.shot_files.get(shots)
         if shipped is not None and not resample:
-            train, _ = read_examples(data_dir / shipped, **read_kwargs)
+            train, _ = read_examples(data_dir / shipped, label_names=label_names)
+            train_files = [_file_record("train", data_dir / shipped)]
             train_source, pool_size = "shipped", {}
             origin = f"from the shipped file {shipped}"
         else:
-            pool, conflicts = _dedupe(_read_many(train_paths, **read_kwargs))
+            pool, conflicts = _dedupe(read_pool())
             pool = [e for e in pool if e.sequence not in test_sequences]
             pool_size = dict(enumerate(len(g) for g in _by_class(pool, len(label_names))))
             train, _ = _draw(pool, shots, len(label_names), _rng(seed, _DRAW_STREAM),
@@ -444,11 +544,10 @@ def make_split(
             train_source = "resampled"
             origin = (f"drawn with seed {seed} from {sum(pool_size.values())} distinct training sequences "
                       f"not in the test set" + (f" ({conflicts} with conflicting labels dropped)" if conflicts else ""))
-        test_source = "shipped"
-        test_note = f"{'the test file' if custom is not None else 'shipped test set'} {test_path.name} ({len(test)} rows)"
+        test_source = "given" if custom is not None else "shipped"
+        test_note = f"{'the test file' if custom is not None else 'shipped test set'} {test_name} ({len(test)} rows)"
     else:
-        label_names = read_kwargs["label_names"]
-        pool, conflicts = _dedupe(_read_many(train_paths, **read_kwargs))
+        pool, conflicts = _dedupe(read_pool())
         per_class = spec.test_per_class
         if per_class is None:  # custom data: a share of the smallest class, so most rows stay for shots
             per_class = max(1, int(CUSTOM_TEST_FRACTION * min(len(g) for g in _by_class(pool, len(label_names)))))
@@ -464,7 +563,7 @@ def make_split(
         origin = f"drawn with seed {seed} from the {len(rest)} sequences left"
         test_note = (f"no test set is shipped: a fixed test set of {per_class} per class was carved (carve_seed "
                      f"{carve_seed}) from the {len(pool)} distinct sequences of "
-                     + ("the training file" if custom is not None else "the shipped files; not the paper's test set"))
+                     + ("the training data" if custom is not None else "the shipped files; not the paper's test set"))
         if conflicts:
             test_note += f" ({conflicts} sequences with conflicting labels dropped)"
 
@@ -476,29 +575,86 @@ def make_split(
     if val:
         note += f"; {len(val)} training examples moved to validation"
     return FewShotSplit(name, shots, int(seed), train, val, test, list(label_names), test_source, train_source,
-                        overlap, note, pool_size)
+                        overlap, note, pool_size, train_files + test_files)
+
+
+def _check_test_classes(test: list[Example], label_names: Sequence[str], where: str) -> None:
+    """A test set must hold every class: on one lacking some, MCC, macro-F1 and AUROC mean nothing."""
+    counts = Counter(e.label for e in test)
+    absent = [name for i, name in enumerate(label_names) if not counts.get(i)]
+    if absent:
+        found = ", ".join(f"{label_names[i]!r} ({n} rows)" for i, n in sorted(counts.items()))
+        raise GMError(f"{where}: the test set holds only {found}; class(es) {', '.join(map(repr, absent))} of the "
+                      "training data are absent, so MCC, F1 and AUROC would be undefined: give a test set with every class")
+
+
+def _custom_slot(value: Any, what: str) -> list[tuple[str | None, Path]]:
+    """A file slot of custom data as (label, path) pairs: one table (label None), or one file per class.
+
+    Per-class files come as a mapping ``{label: file}`` or a list of files whose names (up to the
+    first dot) are the labels.
+    """
+    if hasattr(value, "items"):  # dict or OmegaConf DictConfig
+        pairs = [(str(label), Path(str(path))) for label, path in value.items()]
+    elif isinstance(value, (str, os.PathLike)):
+        return [(None, Path(str(value)))]
+    else:
+        pairs = [(Path(str(path)).name.split(".")[0], Path(str(path))) for path in value]
+    labels = [label for label, _ in pairs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise GMError(f"{what}: label {repeated[0]!r} names two files; give one file per class, "
+                      f"e.g. {what}='{{label_a: a.fa, label_b: b.fa}}'")
+    return pairs
+
+
+def _read_slot(pairs: list[tuple[str | None, Path]], role: str, read_kwargs: dict[str, Any],
+               label_names: list[str] | None) -> tuple[list[Example], list[str], list[dict[str, Any]]]:
+    """The examples, label names and file records of one slot (train or test)."""
+    if pairs[0][0] is None:
+        examples, names = read_examples(pairs[0][1], **read_kwargs, label_names=label_names)
+        return examples, names, [_file_record(role, pairs[0][1])]
+    names = label_names if label_names is not None else [label for label, _ in pairs]
+    unknown = [label for label, _ in pairs if label not in names]
+    if unknown:
+        raise GMError(f"{role} file for label {unknown[0]!r}: not one of the training labels {', '.join(names)}")
+    examples = [e for label, path in pairs for e in read_sequences(path, names.index(label))]
+    return examples, names, [_file_record(role, path, label) for label, path in pairs]
 
 
 def _custom_task(
-    task: str | TaskSpec, custom: Mapping[str, Any]
-) -> tuple[TaskSpec, dict[str, Any], list[Path], Path | None]:
-    """The TaskSpec, reading options and paths of a user's files; label names come from the training file."""
+    task: str | TaskSpec | None, custom: Mapping[str, Any]
+) -> tuple[TaskSpec, list[str], list[Example], list[Example] | None, list[dict[str, Any]]]:
+    """The TaskSpec, label names, training examples, test examples (None: carve) and file records of
+    a user's data. Label names come from the training data (or ``label_names``)."""
     if not custom.get("train"):
-        raise GMError("a custom few-shot task needs custom.train (a .tsv or .csv file with a header)")
-    train_path = Path(str(custom["train"]))
-    test_path = Path(str(custom["test"])) if custom.get("test") else None
+        raise GMError("a custom few-shot task needs data.custom_train: a .tsv/.csv table with a header, or one "
+                      "FASTA or one-sequence-per-line file per class ('{label_a: a.fa, label_b: b.fa}')")
     read_kwargs: dict[str, Any] = {
         "sequence_column": str(custom.get("sequence_column") or "sequence"),
         "label_column": str(custom.get("label_column") or "label"),
     }
-    names = custom.get("label_names")
-    _, label_names = read_examples(train_path, **read_kwargs, label_names=list(map(str, names)) if names else None)
-    read_kwargs["label_names"] = label_names
-    name = task.name if isinstance(task, TaskSpec) else str(task or "custom")
+    given = custom.get("label_names")
+    train_pairs = _custom_slot(custom["train"], "data.custom_train")
+    train, label_names, files = _read_slot(train_pairs, "train", read_kwargs, list(map(str, given)) if given else None)
+    if len(label_names) < 2:
+        where = ", ".join(str(path) for _, path in train_pairs)
+        raise GMError(f"{where}: only one label found ({label_names[0] if label_names else 'none'!r}); a classifier "
+                      "needs at least two classes")
+    test = None
+    if custom.get("test"):
+        test, _, test_files = _read_slot(_custom_slot(custom["test"], "data.custom_test"), "test", read_kwargs, label_names)
+        files += test_files
+    if isinstance(task, TaskSpec):
+        name = task.name
+    elif task not in (None, "", "custom"):
+        name = str(task)
+    else:  # derived from the training data: the table's name, or the per-class files' names
+        name = "+".join(path.name.split(".")[0] for _, path in train_pairs)
     per_class = custom.get("test_per_class")
-    spec = TaskSpec(name, train_path.parent.name, len(label_names), 0, {}, test_file=None,
+    spec = TaskSpec(name, train_pairs[0][1].parent.name, len(label_names), 0, {}, test_file=None,
                     test_per_class=int(per_class) if per_class is not None else None)
-    return spec, read_kwargs, [train_path], test_path
+    return spec, label_names, train, test, files
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -539,7 +695,7 @@ class FewShotDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        task: str = "prom_core",
+        task: str | None = "prom_core",
         shots: int = 10,
         seed: int = 0,
         data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
@@ -550,8 +706,8 @@ class FewShotDataModule(pl.LightningDataModule):
         resample: bool = False,
         val_fraction: float = 0.0,
         carve_seed: int = 0,
-        custom_train: str | os.PathLike | None = None,
-        custom_test: str | os.PathLike | None = None,
+        custom_train: Any = None,  # a table, or per-class files: {label: file} or [files] (see make_split)
+        custom_test: Any = None,
         custom_sequence_column: str = "sequence",
         custom_label_column: str = "label",
         custom_test_per_class: int | None = None,
@@ -565,17 +721,21 @@ class FewShotDataModule(pl.LightningDataModule):
         self.resample, self.val_fraction, self.carve_seed = bool(resample), float(val_fraction), int(carve_seed)
         self.custom: dict[str, Any] | None = None
         if custom_train is not None:
-            self.custom = {"train": custom_train, "test": custom_test, "sequence_column": custom_sequence_column,
+            from omegaconf import DictConfig, ListConfig, OmegaConf
+
+            plain = lambda v: OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v  # noqa: E731
+            self.custom = {"train": plain(custom_train), "test": plain(custom_test), "sequence_column": custom_sequence_column,
                            "label_column": custom_label_column, "test_per_class": custom_test_per_class,
                            "label_names": list(custom_label_names) if custom_label_names else None}
-        elif str(task).lower() == "custom":
-            raise GMError("task=custom needs custom_train (a .tsv or .csv file with a header)")
+        elif task is None or str(task).lower() == "custom":
+            raise GMError("data=custom needs data.custom_train: a .tsv/.csv table with a header, or one FASTA or "
+                          "one-sequence-per-line file per class ('{label_a: a.fa, label_b: b.fa}')")
         self.split: FewShotSplit | None = None
         self._data: dict[str, _Encoded] = {}
 
     @property
     def task_name(self) -> str:
-        return self.split.task if self.split else (str(self.task) if self.custom else get_task(self.task).name)
+        return self.split.task if self.split else (str(self.task or "custom") if self.custom else get_task(self.task).name)
 
     @property
     def label_names(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from gm.classifier import ClassifierModule
 from gm.fewshot import FewShotDataModule, ShotsUnavailableError
 from gm.pretrained import PretrainedInfo, load_classifier
 from gm.results import model_label
-from gm.train import finish_wandb, instantiate_group
-from gm.utils import GMError, atomic_write_text
+from gm.train import finish_wandb, instantiate_group, unless_sigterm
+from gm.utils import GMError, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,36 @@ def pretrained_label(cfg: DictConfig, info: PretrainedInfo) -> str:
     return f"{info.masking}:{label}" if info.masking and info.kind != "none" else label
 
 
+def data_choice(cfg: DictConfig) -> str:
+    """The ``data=`` option the user chose (Hydra's choice), else what the data config says it is."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("data")
+    except ValueError:  # composed without Hydra's runtime config (a notebook)
+        choice = None
+    return str(choice or cfg.data.get("task") or cfg.data.get("fasta") or cfg.data.get("_target_") or "?")
+
+
 def build_data(cfg: DictConfig, k: int, max_length: int | None = None) -> FewShotDataModule:
+    if cfg.data.get("_target_") != "gm.fewshot.FewShotDataModule":
+        raise GMError(f"data={data_choice(cfg)} is not a few-shot task: choose prom_core, prom_300, cohn_enh, splice_40 or custom")
     data = instantiate(cfg.data, k=k, **({"max_length": max_length} if max_length else {}))
-    if not isinstance(data, FewShotDataModule):
-        raise GMError(f"data={cfg.data.get('task', '?')} is not a few-shot task: choose prom_core, prom_300, cohn_enh, splice_40 or custom")
     data.setup("fit")
     return data
+
+
+def log_every(configured: int, batches_per_epoch: int) -> int:
+    """``log_every_n_steps`` no larger than an epoch: a 10-shot run has 4 batches, and Lightning warns
+    (and logs nothing within the epoch) when the interval is longer."""
+    return max(1, min(int(configured), batches_per_epoch))
 
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune on the task's training shots, test once, write ``results.json``; returns the record."""
     started = time.perf_counter()
     done = Path(cfg.paths.output_dir) / "results.json"
+    remove_stale_temporaries(done.parent)  # a killed job's .results.json.*.tmp (a sweep folder run again)
     if cfg.get("skip_done") and done.is_file():  # a sweep started again: finished jobs are not re-run
         log.info("skip_done: %s exists", done)
         return json.loads(done.read_text())
@@ -65,18 +84,23 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         data = build_data(cfg, info.k, positions)
     module = ClassifierModule(model, data.num_classes, lr=hp.lr, weight_decay=hp.weight_decay, warmup_fraction=hp.warmup_fraction)
     no_validation = {"limit_val_batches": 0} if not data.split.val else {}  # val_fraction=0: nothing to monitor
+    batches = math.ceil(len(data.split.train) / int(hp.batch_size))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False,
+        log_every_n_steps=log_every(cfg.trainer.get("log_every_n_steps", 50), batches),
         **no_validation,
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     split = data.split
     try:
-        trainer.fit(module, datamodule=data)
-        trainer.test(module, datamodule=data, verbose=False)  # once, after training: no model selection on test
+        unless_sigterm(trainer, "fine-tuning stopped by SIGTERM during training; no results.json written",
+                       lambda: trainer.fit(module, datamodule=data))
+        # once, after training: no model selection on test
+        unless_sigterm(trainer, "fine-tuning stopped by SIGTERM during testing; no results.json written",
+                       lambda: trainer.test(module, datamodule=data, verbose=False))
     finally:
         finish_wandb()
     metrics = {name: module.test_results.get(name) for name in ("accuracy", "f1_macro", "mcc", "auroc")}
@@ -93,6 +117,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "k": info.k,
         "test_source": split.test_source,
         "train_source": split.train_source,
+        "data_files": split.files,
+        "data_sha256": split.data_sha256,
         "train_test_overlap": split.train_test_overlap,
         "metrics": metrics,
         "n_train": len(split.train),

@@ -422,6 +422,7 @@ class GenomeDataModule(pl.LightningDataModule):
             return
         # Another rank's prepare_data built the cache; loading verifies it matches the source.
         self.cache = build_or_load_cache(self.fasta_path, self.cache_dir, self.min_bases)
+        self._check_length(self.cache)
         train_regions, val_regions = split_regions(self.cache, self.split_block, self.val_fraction, self.split_seed)
         rank, world = _rank_and_world(self.trainer)
         common = dict(
@@ -450,6 +451,24 @@ class GenomeDataModule(pl.LightningDataModule):
             "genome %s: %d bases in %d segments; train %d bases, validation %d bases",
             self.fasta, self.cache.total_bases, len(self.cache.seg_length), train_regions.bases, val_regions.bases,
         )
+
+    def _check_length(self, cache: GenomeCache) -> None:
+        """A genome must hold one window of maximum length for training and one for validation.
+
+        Half of the recipe's windows have the maximum length; a genome shorter than that is no
+        pretraining corpus, whatever the split (lowering data.split_block would not help).
+        """
+        splits = 2 if self.val_fraction > 0 else 1
+        need = splits * self.max_bases
+        if cache.total_bases < need:
+            length = sum(cache.meta["record_lengths"])
+            windows = "one for training and one for validation" if splits == 2 else "one for training"
+            raise GMError(
+                f"{self.fasta}: genome too short: {cache.total_bases:,} usable bases (of {length:,}; runs of A/C/G/T "
+                f"of at least {self.min_bases}), but a window of data.max_kmers={self.max_bases - self.k + 1} "
+                f"{self.k}-mers spans {self.max_bases} bases and it needs {windows}: at least {need:,} bases; "
+                "use a longer genome (or lower data.max_kmers)"
+            )
 
     def train_dataloader(self) -> ResumableLoader:
         assert self.train_set is not None, "call setup() first"

@@ -8,12 +8,14 @@ labels are shared by all strategies in :meth:`MaskingStrategy.__call__`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gm.masking_options import option_error
 from gm.tokenizer import MASK_ID, NUM_SPECIAL
 from gm.utils import GMError
 
@@ -71,7 +73,10 @@ class MaskingStrategy:
         mask_token_prob: float = 0.8,
         random_token_prob: float = 0.1,
         replace: str = "token",
+        **unknown,
     ) -> None:
+        if unknown:  # e.g. +masking.ranking=… with kmer_span: name the strategies that have it
+            raise GMError(option_error(self.name, sorted(unknown)[0], self.options()))
         if not 3 <= k <= 6:
             raise GMError(f"masking: k must be between 3 and 6, got {k}")
         if mask_token_prob < 0 or random_token_prob < 0 or mask_token_prob + random_token_prob > 1:
@@ -86,6 +91,16 @@ class MaskingStrategy:
         self.vocab_size = vocab_size if vocab_size is not None else 4**k + NUM_SPECIAL
         self.mask_token_prob = mask_token_prob
         self.random_token_prob = random_token_prob
+
+    @classmethod
+    def options(cls) -> set[str]:
+        """The settings this strategy takes (its and its base classes' keyword arguments)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                parameters = inspect.signature(klass.__init__).parameters.values()
+                names |= {p.name for p in parameters if p.default is not p.empty}
+        return names - {"vocab_size"}
 
     def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Bool tensor of the positions to mask; must be False wherever ``valid`` is False."""

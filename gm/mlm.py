@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -10,14 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.model_summary import get_human_readable_count
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
 from gm.masking import MaskedBatch, MaskingStrategy
 from gm.tokenizer import KmerTokenizer, PAD_ID
 from gm.utils import GMError, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 #: written beside an exported Hugging Face model: how it was pretrained (read back by fine-tuning)
 PRETRAINING_META = "gm_pretraining.json"
@@ -116,6 +121,13 @@ class MLMModule(pl.LightningModule):
             self.model.bert.compile(**({} if options is True else dict(options)))
             self._compiled = True
 
+    def on_fit_start(self) -> None:
+        """One line about the model (Lightning's summary table is off: its FLOPs column read 0)."""
+        if self.trainer.is_global_zero:
+            config, params = self.model.config, sum(p.numel() for p in self.model.parameters())
+            log.info("model: BERT %d layers x %d hidden, %s parameters, k=%d, masking %s", config.num_hidden_layers,
+                     config.hidden_size, get_human_readable_count(params), self.hparams.k, self.hparams.masking_name)
+
     def mask(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> MaskedBatch:
         return self.masking(batch["input_ids"], generator)
 
@@ -188,11 +200,13 @@ class MLMModule(pl.LightningModule):
         self.val_masked_fraction.update(out["masked_fraction"], weight=out["n_valid"])
 
     def on_validation_epoch_end(self) -> None:
+        # torchmetrics' compute() already reduces over DDP ranks, so every rank holds the same values;
+        # sync_dist=True averages equal numbers and stops Lightning warning, once per metric, that they are not synced
         loss = self.val_loss.compute()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/perplexity", torch.exp(loss))
-        self.log("val/accuracy", self.val_accuracy.compute())
-        self.log("val/masked_fraction", self.val_masked_fraction.compute())
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", torch.exp(loss), sync_dist=True)
+        self.log("val/accuracy", self.val_accuracy.compute(), sync_dist=True)
+        self.log("val/masked_fraction", self.val_masked_fraction.compute(), sync_dist=True)
         for metric in (self.val_loss, self.val_accuracy, self.val_masked_fraction):
             metric.reset()
 
@@ -219,7 +233,13 @@ class MLMModule(pl.LightningModule):
     def export_hf(self, directory: str | Path) -> Path:
         """Save a Hugging Face directory (config, weights, DNABERT vocab) loadable by ``transformers``."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Writing model shards" bar for one small file
+        try:
+            self.model.save_pretrained(directory)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.tokenizer.save_pretrained(directory)
         meta = {
             "k": self.hparams.k,

@@ -22,8 +22,11 @@ Scoring (the usual TFBS relative score):
   information (relative entropy to the background, summed over the window) than that. The
   relative score ignores how informative a window is, so with hundreds of matrices nearly every
   6-mer fits some weak window almost perfectly: on the shipped JASPAR file every 6-mer's best
-  score is >= 0.92 and a 0.9 threshold makes every k-mer a hit. Informative windows only
-  (e.g. ``min_information=8``) or the rank correlation are then the meaningful readings.
+  score is >= 0.92 and a 0.9 threshold makes every k-mer a hit. Informative windows only or the
+  rank correlation are then the meaningful readings. Measured on the shipped file and the
+  authors' ranking, the share of hits is 100% up to 6 bits, 99.8% at 7, 98.7% at 8, 88% at 9,
+  57% at 10, 25% at 11 and 6% at 12: ``min_information=10`` makes the test selective. Every run
+  reports these shares for its own data (:func:`hit_shares`, the report's table).
 
 Scores are sums of table look-ups added in a fixed column order, the same order as the window's
 min and max, so a consensus k-mer scores exactly 1.0 and every score lies exactly in [0, 1];
@@ -40,6 +43,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -64,6 +68,9 @@ HUMAN_BACKGROUND = (0.3, 0.2, 0.2, 0.3)
 DEFAULT_PSEUDOCOUNT = 0.8
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_NS = (50, 100, 200)
+#: --min-information values (bits) at which every run reports the hit shares (report table, figure curve)
+INFORMATION_LEVELS = tuple(range(0, 15))
+REPORT_LEVELS = (0, 4, 6, 7, 8, 9, 10, 11, 12)
 
 _CODE = {base: i for i, base in enumerate(MOTIF_BASES)}
 
@@ -228,6 +235,7 @@ class _Windows:
     hi: np.ndarray  # (W,) highest
     motif: np.ndarray  # (W,) motif index
     offset: np.ndarray  # (W,) k-mer start relative to the motif's first column
+    bits: np.ndarray  # (W,) information the window carries (what --min-information compares)
 
 
 def information(counts: np.ndarray, pseudocount: float = DEFAULT_PSEUDOCOUNT, background=HUMAN_BACKGROUND) -> np.ndarray:
@@ -240,8 +248,8 @@ def information(counts: np.ndarray, pseudocount: float = DEFAULT_PSEUDOCOUNT, ba
     return terms.sum(axis=1)
 
 
-def _windows(motifs: list[Motif], k: int, pseudocount: float, background, min_information: float = 0.0) -> _Windows:
-    tables, motif_index, offsets = [], [], []
+def _windows(motifs: list[Motif], k: int, pseudocount: float, background) -> _Windows:
+    tables, motif_index, offsets, window_bits = [], [], [], []
     for m, motif in enumerate(motifs):
         lo = log_odds(motif.counts, pseudocount, background)
         if not np.isfinite(lo).all():
@@ -250,20 +258,18 @@ def _windows(motifs: list[Motif], k: int, pseudocount: float, background, min_in
         length = motif.length
         if length >= k:
             for o in range(length - k + 1):
-                if min_information > 0 and bits[o : o + k].sum() < min_information:
-                    continue
                 tables.append(lo[o : o + k])
                 motif_index.append(m)
                 offsets.append(o)
-        elif min_information <= 0 or bits.sum() >= min_information:
+                window_bits.append(bits[o : o + k].sum())
+        else:
             for o in range(k - length + 1):  # motif starts at k-mer position o
                 padded = np.zeros((k, 4))
                 padded[o : o + length] = lo
                 tables.append(padded)
                 motif_index.append(m)
                 offsets.append(-o)
-    if not tables:
-        raise GMError(f"no motif window carries {min_information} bits or more; lower min_information")
+                window_bits.append(bits.sum())
     stacked = np.stack(tables).transpose(1, 2, 0).copy()  # (k, 4, W)
     # min / max summed column by column in the same order as the k-mer scores (exactness)
     lo_sum = np.zeros(stacked.shape[2])
@@ -271,7 +277,7 @@ def _windows(motifs: list[Motif], k: int, pseudocount: float, background, min_in
     for j in range(k):
         lo_sum = lo_sum + stacked[j].min(axis=0)
         hi_sum = hi_sum + stacked[j].max(axis=0)
-    return _Windows(stacked, lo_sum, hi_sum, np.asarray(motif_index), np.asarray(offsets))
+    return _Windows(stacked, lo_sum, hi_sum, np.asarray(motif_index), np.asarray(offsets), np.asarray(window_bits))
 
 
 def kmer_codes(k: int) -> np.ndarray:
@@ -293,11 +299,25 @@ def score_kmers(motifs: list[Motif], k: int = 6, pseudocount: float = DEFAULT_PS
     or ``-1`` (its reverse complement does). See the module docstring for offsets, ties and
     ``min_information`` (windows carrying fewer bits are skipped).
     """
+    return _score(motifs, k, pseudocount, background, min_information, None, chunk, progress)[:4]
+
+
+def _score(motifs: list[Motif], k: int, pseudocount: float, background, min_information: float,
+           threshold: float | None, chunk: int = 2048, progress: bool = True) -> tuple[np.ndarray, ...]:
+    """:func:`score_kmers`, plus (with a ``threshold``) each k-mer's *hit information*: the most bits
+    carried by any window it hits (relative score >= threshold), and that window's motif index
+    (NaN and -1 for a k-mer that hits none). A k-mer is a hit with ``--min-information X`` exactly
+    when its hit information is >= X, so one pass gives the hit shares for every X."""
     if not motifs:
         raise GMError("no motifs to score against")
     if not 1 <= k <= 8:
         raise GMError(f"k must be between 1 and 8 for motif scoring, got {k}")
-    win = _windows(motifs, k, pseudocount, background, min_information)
+    win = _windows(motifs, k, pseudocount, background)
+    # --min-information leaves the weaker windows out of the best score, but not out of the hit
+    # information, which must see every window to give the hit share at every level
+    keep = win.bits >= min_information if min_information > 0 else np.ones(win.bits.size, dtype=bool)
+    if not keep.any():
+        raise GMError(f"no motif window carries {min_information} bits or more; lower min_information")
     forward = kmer_codes(k)
     reverse = 3 - forward[:, ::-1]  # reverse complement (A<->T, C<->G)
     n = forward.shape[0]
@@ -305,6 +325,8 @@ def score_kmers(motifs: list[Motif], k: int = 6, pseudocount: float = DEFAULT_PS
     best = np.full(n, -1.0)
     best_window = np.zeros(n, dtype=np.int64)
     best_strand = np.ones(n, dtype=np.int8)
+    hit_bits = np.full(n, -np.inf)
+    hit_window = np.full(n, -1, dtype=np.int64)
     bar = tqdm(total=n_windows, desc=f"score {n} {k}-mers x {len(motifs)} motifs", unit="window", disable=not progress)
     with bar:
         for start in range(0, n_windows, chunk):
@@ -318,14 +340,24 @@ def score_kmers(motifs: list[Motif], k: int = 6, pseudocount: float = DEFAULT_PS
                     raw += win.tables[j][:, start:stop][codes[:, j]]
                 rel = np.clip((raw - win.lo[start:stop]) / safe, 0.0, 1.0)
                 rel[:, flat] = 0.0
-                arg = rel.argmax(axis=1)
-                value = rel[np.arange(n), arg]
+                kept = np.where(keep[start:stop], rel, -1.0)  # -1 never beats the starting best, -1
+                arg = kept.argmax(axis=1)
+                value = kept[np.arange(n), arg]
                 better = value > best  # strict: earlier windows, then + strand, win ties
                 best[better] = value[better]
                 best_window[better] = start + arg[better]
                 best_strand[better] = strand
+                if threshold is not None:
+                    carried = np.where(rel >= threshold, win.bits[start:stop], -np.inf)
+                    arg = carried.argmax(axis=1)
+                    value = carried[np.arange(n), arg]
+                    better = value > hit_bits
+                    hit_bits[better] = value[better]
+                    hit_window[better] = start + arg[better]
             bar.update(stop - start)
-    return best, win.motif[best_window], best_strand, win.offset[best_window]
+    hit_motif = np.where(hit_window >= 0, win.motif[np.maximum(hit_window, 0)], -1)
+    hit_bits[~np.isfinite(hit_bits)] = np.nan
+    return best, win.motif[best_window], best_strand, win.offset[best_window], hit_bits, hit_motif
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -422,6 +454,23 @@ def motif_statistics(ranking: dict[str, int], best_score: np.ndarray, threshold:
     return result
 
 
+def hit_shares(ranking: dict[str, int], hit_bits: np.ndarray, ns=DEFAULT_NS, levels=INFORMATION_LEVELS) -> list[dict]:
+    """Share of motif hits at each ``--min-information`` level, over all ranked k-mers and the top-N
+    and bottom-N: a k-mer is a hit at X bits when its hit information (see :func:`_score`) is >= X."""
+    hit_bits = np.asarray(hit_bits, dtype=float)
+    k = round(np.log(hit_bits.size) / np.log(4))
+    _, bits, _ = _hits_by_rank(ranking, hit_bits, k)
+    rows = []
+    for level in levels:
+        hits = np.nan_to_num(bits, nan=-np.inf) >= level
+        row = {"bits": float(level), "all": float(hits.mean())}
+        for n in ns:
+            row[f"top{n}"] = float(hits[:n].mean())
+            row[f"bottom{n}"] = float(hits[-n:].mean())
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ outputs
 def _fmt_p(p: float) -> str:
     return "nan" if not np.isfinite(p) else f"{p:.3g}" if p >= 1e-300 else "< 1e-300"
@@ -455,8 +504,10 @@ def _reading(stats: dict) -> str:
                    if degenerate else "")
                 + ". The relative score ignores how much information a window carries, so with "
                 f"{stats.get('motifs', 'many')} matrices, every offset and both strands nearly every 6-mer fits some weak "
-                "window almost perfectly; raise the threshold or keep only informative windows (--min-information) "
-                "before reading Fisher's or the permutation p-values.")
+                "window almost perfectly; raise the threshold or keep only informative windows (--min-information"
+                + (f"; {selective_level(stats['hit_shares'])['bits']:g} bits is the level closest to half hits here, "
+                   "see the hit-share table" if stats.get("hit_shares") else "")
+                + ") before reading Fisher's or the permutation p-values.")
         if enriched:
             tail += (f" Even so, the top-N hold more hits for N = {', '.join(str(r['n']) for r in enriched)} "
                      f"(p < {alpha} by both tests).")
@@ -478,6 +529,23 @@ def _reading(stats: dict) -> str:
                "complexity are possible confounders; the p-values are not corrected for trying several N, thresholds and "
                "window filters.")
     return " ".join(part for part in (corr, tail, caveats) if part)
+
+
+def selective_level(shares: list[dict]) -> dict:
+    """The measured level at which about half of all ranked k-mers are hits: where a top-N against
+    bottom-N hit test has the most room to tell them apart (all hits or none tells nothing)."""
+    return min(shares, key=lambda r: (abs(r["all"] - 0.5), r["bits"]))
+
+
+def _selective_note(shares: list[dict]) -> str:
+    saturated = [r["bits"] for r in shares if r["all"] >= 0.99]
+    best = selective_level(shares)
+    text = (f"The hit test is selective where the shares fall well below 100%: here {best['all']:.0%} of all ranked "
+            f"k-mers are hits at `--min-information {best['bits']:g}`, the level closest to half, where a difference "
+            "between the top-N and the bottom-N has the most room to show.")
+    if saturated:
+        text = f"Up to {max(saturated):g} bits at least 99% of the ranked k-mers are hits, so there the test cannot discriminate. " + text
+    return text
 
 
 def _report(stats: dict, params: dict, top: list[dict], seconds: float) -> str:
@@ -521,16 +589,36 @@ def _report(stats: dict, params: dict, top: list[dict], seconds: float) -> str:
             f"| {row['n']} | {row['top_hits']} ({row['top_hits'] / row['n']:.0%}) | {row['bottom_hits']} "
             f"({row['bottom_hits'] / row['n']:.0%}) | {row['top_mean_score']:.3f} | {row['bottom_mean_score']:.3f} | "
             f"{row['fisher_odds_ratio']:.3g} | {_fmt_p(row['fisher_p'])} | {_fmt_p(row['perm_p'])} |")
+    shares = [r for r in stats.get("hit_shares", []) if r["bits"] in REPORT_LEVELS]
+    if shares:
+        ns = [row["n"] for row in stats["by_n"].values()]
+        lines += [
+            "",
+            "## Hit share by --min-information",
+            "",
+            "A k-mer's *hit information* is the information (bits, relative entropy to the background, summed over "
+            "the window) of the most informative motif window it hits; it is a hit with `--min-information X` exactly "
+            f"when that is >= X bits. Share of hits (score >= {stats['threshold']}) at each X, measured in this run:",
+            "",
+            "| --min-information (bits) | all ranked | " + " | ".join(f"top {n} | bottom {n}" for n in ns) + " |",
+            "| --- | --- | " + " | ".join("--- | ---" for _ in ns) + " |",
+        ]
+        for r in shares:
+            lines.append(f"| {r['bits']:g} | {r['all']:.1%} | "
+                         + " | ".join(f"{r[f'top{n}']:.0%} | {r[f'bottom{n}']:.0%}" for n in ns) + " |")
+        lines += ["", _selective_note(stats["hit_shares"])]
     lines += [
         "",
         f"## Top {len(top)} k-mers and their best motif",
         "",
-        "| rank | k-mer | best motif | score | strand | offset |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| rank | k-mer | best motif | score | strand | offset | hit information (bits) | most informative hit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in top:
+        bits = f"{row['hit_information_bits']:.2f}" if row.get("hit_information_bits", "") != "" else "-"
         lines.append(f"| {row['rank']} | {row['ngram']} | {row['best_motif_id']} {row['best_motif_name']} | "
-                     f"{row['best_score']:.3f} | {row['strand']} | {row['offset']} |")
+                     f"{row['best_score']:.3f} | {row['strand']} | {row['offset']} | {bits} | "
+                     f"{row.get('hit_motif_id', '')} {row.get('hit_motif_name', '')} |")
     lines += ["", "## Reading", "", _reading(stats), ""]
     return "\n".join(lines)
 
@@ -558,21 +646,47 @@ def _plot_scatter(ranks: np.ndarray, scores: np.ndarray, threshold: float, path:
     return path
 
 
-def _plot_top(top: list[dict], threshold: float, path: Path) -> Path:
+def _plot_information(shares: list[dict], top: list[dict], bottom_median: float, ns, min_information: float,
+                      threshold: float, path: Path) -> Path:
+    """Left: share of hits against --min-information, all ranked k-mers and the top-N / bottom-N.
+    Right: the top k-mers' hit information (bits of the most informative window each hits), with
+    that window's motif: informative matches, or weak windows only?"""
     from gm.plots import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(top) + 1.2))
-    labels = [f"{r['rank']}. {r['ngram']} \u2194 {r['best_motif_name']} ({r['best_score']:.2f})" for r in top]
-    values = [r["best_score"] for r in top]
-    colours = ["#4c72b0" if v >= threshold else "#b0b0b0" for v in values]
-    ax.barh(range(len(top)), values, color=colours)
-    ax.set_yticks(range(len(top)), labels, fontsize=8, family="monospace")
-    ax.invert_yaxis()
-    ax.axvline(threshold, color="black", ls="--", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("best relative motif score (dashed: hit threshold)")
-    ax.set_title(f"Top {len(top)} NPMI k-mers and their best JASPAR motif")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(4.5, 0.3 * len(top) + 1.4)),
+                                      gridspec_kw={"width_ratios": [1, 1.25]})
+    levels = [r["bits"] for r in shares]
+    left.plot(levels, [r["all"] for r in shares], color="black", lw=1.6, label="all ranked k-mers")
+    n = max(ns)
+    left.plot(levels, [r[f"top{n}"] for r in shares], color="#c44e52", lw=1.6, marker="o", ms=3, label=f"top {n} by NPMI")
+    left.plot(levels, [r[f"bottom{n}"] for r in shares], color="#4c72b0", lw=1.6, marker="o", ms=3,
+              label=f"bottom {n} by NPMI")
+    if min_information > 0:
+        left.axvline(min_information, color="grey", ls="--", lw=1, label=f"this run: {min_information:g} bits")
+    left.set_xlabel("--min-information (bits a motif window must carry)")
+    left.set_ylabel(f"share of k-mers that are hits (score >= {threshold:g})")
+    left.set_ylim(-0.02, 1.02)
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8, loc="lower left")
+    left.set_title("When does the hit test become selective?", fontsize=10)
+
+    values = [r["hit_information_bits"] if r["hit_information_bits"] != "" else 0.0 for r in top]
+    right.barh(range(len(top)), values, color="#c44e52", alpha=0.8)
+    labels = [f"{r['rank']}. {r['ngram']}  {r['hit_motif_name'] or '-'}" for r in top]
+    right.set_yticks(range(len(top)), labels, fontsize=8, family="monospace")
+    right.invert_yaxis()
+    if np.isfinite(bottom_median):
+        right.axvline(bottom_median, color="#4c72b0", ls=":", lw=1.5, label=f"median of the bottom {n} by NPMI")
+    if min_information > 0:
+        right.axvline(min_information, color="grey", ls="--", lw=1, label=f"this run: {min_information:g} bits")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=8, loc="lower right")
+    right.set_xlim(0, max(levels))
+    right.set_xlabel(f"bits of the most informative motif window the k-mer hits (score >= {threshold:g})")
+    right.set_title(f"Top {len(top)} NPMI k-mers: their most informative JASPAR hit", fontsize=10)
+    right.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
     path = save_figure(fig, path)
     plt.close(fig)
     return path
@@ -587,31 +701,35 @@ def run_motif_analysis(ranking_csv: str | os.PathLike = AUTHORS_RANKING, out_dir
     """Score all k-mers against motifs, test the ranking, and write the report, CSV and two PNGs.
 
     Writes (atomically) ``motif_report.md``, ``kmer_motif_scores.csv``, ``motif_score_vs_rank.png``
-    and ``top20_kmers_motifs.png`` into ``out_dir``; returns the statistics of
-    :func:`motif_statistics` plus ``files``, ``seconds`` and ``motifs``.
+    and ``motif_information.png`` into ``out_dir``; returns the statistics of
+    :func:`motif_statistics` plus ``hit_shares`` (:func:`hit_shares`), ``files``, ``seconds`` and
+    ``motifs``.
     """
+    from gm.analyze import check_output_folder
+
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir)
     ranking = read_ranking(ranking_csv, k)
     motif_list = list(motifs) if isinstance(motifs, (list, tuple)) else load_motifs(motifs, release=release)
-    best, index, strand, offset = score_kmers(motif_list, k, pseudocount, background, min_information, progress=progress)
+    best, index, strand, offset, hit_bits, hit_motif = _score(motif_list, k, pseudocount, background, min_information,
+                                                              threshold, progress=progress)
     stats = motif_statistics(ranking, best, threshold, ns, permutations, seed, progress=progress)
     stats["motifs"] = len(motif_list)
     stats["min_information"] = float(min_information)
+    stats["hit_shares"] = hit_shares(ranking, hit_bits, list(stats["by_n"]), INFORMATION_LEVELS)
 
     kmers = ngram_strings(k)
     ranks, scores, order = _hits_by_rank(ranking, best, k)
+    ranked = set(kmers[order].tolist())
     rows = []
-    for i in order:
+    for i in [*order, *(i for i in range(kmers.size) if kmers[i] not in ranked)]:  # unranked k-mers last, rank empty
         m = motif_list[index[i]]
-        rows.append({"ngram": str(kmers[i]), "rank": ranking[kmers[i]], "best_motif_id": m.id, "best_motif_name": m.name,
-                     "best_score": float(best[i]), "strand": "+" if strand[i] > 0 else "-", "offset": int(offset[i])})
-    ranked = {r["ngram"] for r in rows}
-    for i in range(kmers.size):  # unranked k-mers last, rank left empty
-        if kmers[i] not in ranked:
-            m = motif_list[index[i]]
-            rows.append({"ngram": str(kmers[i]), "rank": "", "best_motif_id": m.id, "best_motif_name": m.name,
-                         "best_score": float(best[i]), "strand": "+" if strand[i] > 0 else "-", "offset": int(offset[i])})
+        hit = motif_list[hit_motif[i]] if hit_motif[i] >= 0 else None
+        rows.append({"ngram": str(kmers[i]), "rank": ranking.get(str(kmers[i]), ""), "best_motif_id": m.id,
+                     "best_motif_name": m.name, "best_score": float(best[i]), "strand": "+" if strand[i] > 0 else "-",
+                     "offset": int(offset[i]),
+                     "hit_information_bits": round(float(hit_bits[i]), 4) if np.isfinite(hit_bits[i]) else "",
+                     "hit_motif_id": hit.id if hit else "", "hit_motif_name": hit.name if hit else ""})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -622,7 +740,11 @@ def run_motif_analysis(ranking_csv: str | os.PathLike = AUTHORS_RANKING, out_dir
 
     scatter = _plot_scatter(ranks, scores, threshold, out_dir / "motif_score_vs_rank.png")
     top_rows = rows[: min(top, len(ranks))]
-    bars = _plot_top(top_rows, threshold, out_dir / f"top{top}_kmers_motifs.png")
+    n = max(stats["by_n"])
+    tail = [r["hit_information_bits"] for r in rows[len(ranks) - n : len(ranks)]]
+    bottom_median = float(np.median([b if b != "" else np.nan for b in tail])) if tail else math.nan
+    bars = _plot_information(stats["hit_shares"], top_rows, bottom_median, list(stats["by_n"]), min_information,
+                             threshold, out_dir / "motif_information.png")
     seconds = time.perf_counter() - start
     if isinstance(motifs, (list, tuple)):
         source = f"{len(motif_list)} motifs given in memory"
@@ -668,7 +790,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=10_000, help="permutations for the permutation p-value")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     p.add_argument("--min-information", type=float, default=0.0,
-                   help="score only motif windows carrying at least this many bits (default 0: every window)")
+                   help="score only motif windows carrying at least this many bits (default 0: every window). "
+                        "Measured on the shipped motifs and the authors' ranking, every 6-mer is a hit up to 6 bits "
+                        "(99.8%% at 7, 98.7%% at 8, 88%% at 9); 10 makes the test selective (57%% hits; 25%% at 11). "
+                        "motif_report.md lists the hit share at each level for your data")
     return p
 
 

@@ -202,8 +202,9 @@ def _fmt(value: float) -> str:
 def rank_kmers(counts: NgramCounts, k: int | None = None, score: str = "discounted", min_count: int = 101) -> Ranking:
     """Rank all k-mers by ``score``: ``discounted`` (GeneMask's released score) or ``npmi``.
 
-    n-grams seen fewer than ``min_count`` times get no score and share the worst rank (after every
-    scored k-mer, ordered among themselves by code); ties between scores rank by code too.
+    Scored k-mers get ranks 1..S (ties between scores rank by code). n-grams seen fewer than
+    ``min_count`` times get no score and share the worst rank, S + 1: nothing orders them, so no
+    order is invented (code order would be one).
     """
     k = k or counts.k
     if score not in SCORES:
@@ -221,12 +222,40 @@ def rank_kmers(counts: NgramCounts, k: int | None = None, score: str = "discount
     order = np.lexsort((np.arange(value.size), np.where(scored, -value, np.inf)))
     rank = np.empty(value.size, dtype=np.int64)
     rank[order] = np.arange(1, value.size + 1)
+    rank[~scored] = int(scored.sum()) + 1
     return Ranking(ngram_strings(k), count, pmi, value, rank, score)
 
 
 # ------------------------------------------------------------------------------------------ tables for masking
+#: ranks must fit the int64 tables built from them (only their order matters)
+_MAX_RANK = 1 << 62
+
+
+def _parse_rank(text: str | None) -> int | str:
+    """The rank in a CSV cell, or why it is not one (ranks are whole numbers from 1, the best)."""
+    try:
+        value = float(text)  # type: ignore[arg-type]  (None: a short row)
+    except (TypeError, ValueError):
+        return "is not a number"
+    if not math.isfinite(value):
+        return "is not a number"
+    if not value.is_integer():
+        return "is not a whole number"
+    if value < 1:
+        return "is impossible: ranks start at 1 (the best)"
+    if value > _MAX_RANK:
+        return "is too large"
+    return int(value)
+
+
 def read_ranking(path: str | os.PathLike, k: int = 6) -> dict[str, int]:
-    """k-mer -> rank from a ranking CSV: ours (``ngram``, ``rank``) or the authors' (``norm_pmi_rank_rel``)."""
+    """k-mer -> rank from a ranking CSV: ours (``ngram``, ``rank``) or the authors' (``norm_pmi_rank_rel``).
+
+    Every row must hold a k-mer of A/C/G/T (any case) with a whole rank >= 1, each k-mer once: a
+    wrong row is an error naming the file and line, since a silently dropped or overwritten row
+    would change which spans GeneMask masks. Ties are allowed. A ranking that leaves k-mers out is
+    accepted with a warning giving the share it ranks.
+    """
     path = Path(path)
     if not path.is_file():
         raise GMError(f"{path}: ranking file not found")
@@ -237,25 +266,39 @@ def read_ranking(path: str | os.PathLike, k: int = 6) -> dict[str, int]:
         if "ngram" not in fields or rank_column is None:
             raise GMError(f"{path}: a ranking needs columns 'ngram' and 'rank' (found: {', '.join(fields) or 'none'})")
         ranks: dict[str, int] = {}
+        seen_on: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
-            ngram = (row["ngram"] or "").strip().upper()
-            if len(ngram) != k:
-                continue  # other lengths may share the file
-            if set(ngram) - set(BASES):
-                raise GMError(f"{path}: line {line}: {ngram!r} is not a k-mer of A/C/G/T")
-            try:
-                ranks[ngram] = int(float(row[rank_column]))
-            except (TypeError, ValueError, OverflowError):  # OverflowError: 'inf'
-                raise GMError(f"{path}: line {line}: rank {row[rank_column]!r} is not a number") from None
+            text = (row["ngram"] or "").strip()
+            ngram = text.upper()
+            if len(ngram) != k or set(ngram) - set(BASES):
+                hint = ""
+                if ngram and not set(ngram) - set(BASES):
+                    hint = f" (a ranking of {len(ngram)}-mers; k={k} needs {k}-mers: python analyze.py npmi --k {k})"
+                raise GMError(f"{path}: line {line}: {text!r} is not a {k}-mer of A/C/G/T{hint}")
+            if ngram in seen_on:
+                raise GMError(
+                    f"{path}: line {line}: {ngram} is ranked twice (first on line {seen_on[ngram]}); "
+                    "list each k-mer once"
+                )
+            rank = _parse_rank(row[rank_column])
+            if isinstance(rank, str):
+                raise GMError(f"{path}: line {line}: rank {row[rank_column]!r} {rank}")
+            ranks[ngram], seen_on[ngram] = rank, line
     if not ranks:
         raise GMError(f"{path}: no {k}-mers in the ranking")
+    if len(ranks) < 4**k:
+        log.warning(
+            "%s: a partial ranking: it ranks %s of the %s %d-mers (%.1f%%); the %s it leaves out are unranked",
+            path, f"{len(ranks):,}", f"{4**k:,}", k, 100 * len(ranks) / 4**k, f"{4**k - len(ranks):,}",
+        )
     return ranks
 
 
 def rank_table(path: str | os.PathLike | None, k: int = 6) -> np.ndarray:
     """``table[token_id]`` = NPMI rank (1 = best) for DNABERT's vocabulary of k-mers.
 
-    Special tokens and k-mers absent from the ranking get the worst rank, ``len(ranking) + 1``.
+    Special tokens and k-mers absent from the ranking get the worst rank: one past both the largest
+    rank and the number of k-mers ranked.
     """
     ranks = read_ranking(path or AUTHORS_RANKING, k)
     worst = max(max(ranks.values()), len(ranks)) + 1

@@ -14,7 +14,7 @@ from gm.masking import (
     dilate,
     kmer_span_offsets,
 )
-from gm.utils import atomic_write_bytes
+from gm.utils import GMError, atomic_write_bytes
 
 
 def pyplot():
@@ -27,12 +27,29 @@ def pyplot():
     return plt
 
 
+def check_figure_path(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, a figure path that cannot be written: a folder, a path under a
+    file, or a suffix matplotlib has no format for (the format follows the suffix; none = PNG)."""
+    from gm.utils import check_output_path
+
+    path = check_output_path(path, option)
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if suffix not in formats:
+            raise GMError(f"{option} {path}: matplotlib cannot write .{suffix} figures; use one of "
+                          + ", ".join(f".{f}" for f in sorted(formats)))
+    return path
+
+
 def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
     """Save atomically (PNG bytes rendered in memory, then renamed into place)."""
     import io
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
@@ -100,36 +117,45 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
     return path
 
 
-def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path:
+def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path | None:
     """Few-shot results for one metric: a subplot per task, ``metric`` against shots (log x).
 
     ``rows`` are :class:`gm.results.ResultRow` (anything with ``task``, ``shots``, ``model``,
-    ``test_source``, ``mean`` and ``std``), in the order the tasks should appear. One line per
-    pretrained model, in the same colour in every subplot, with error bars of one standard
+    ``test_source``, ``n_classes``, ``mean`` and ``std``), in the order the tasks should appear. One
+    line per pretrained model, in the same colour in every subplot, with error bars of one standard
     deviation over seeds (none for a single seed), nudged sideways so that the bars do not hide
-    each other. Subplot titles mark carved (or mixed) test sets; a task for which the metric is
-    undefined (AUROC of a 3-class task) gets an empty panel that says so.
+    each other. A dotted grey line marks chance (:func:`gm.results.chance_level`) where it is
+    known. Subplot titles mark carved (or mixed) test sets. Tasks for which the metric is undefined
+    (AUROC of a 3-class task) get no panel, only a note; if no task has a value, nothing is written
+    and None is returned.
     """
+    from gm.results import chance_level
+
     plt = pyplot()
     from matplotlib.ticker import NullFormatter
 
     rows = list(rows)
-    tasks = list(dict.fromkeys(row.task for row in rows))
-    models = list(dict.fromkeys(row.model for row in rows))
-    if not tasks:
+    if not rows:
         raise ValueError("no results to plot")
+    every_task = list(dict.fromkeys(row.task for row in rows))
+    tasks = [t for t in every_task if any(np.isfinite(row.mean[metric]) for row in rows if row.task == t)]
+    if not tasks:
+        return None
+    undefined = [t for t in every_task if t not in tasks]
+    rows = [row for row in rows if row.task in tasks]
+    models = list(dict.fromkeys(row.model for row in rows if np.isfinite(row.mean[metric])))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ncols = 1 if len(tasks) == 1 else 2 if len(tasks) <= 4 else 3
     nrows = -(-len(tasks) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
     handles = {}
+    no_chance = []  # tasks whose chance level for this metric is not known
     for ax, task in zip(axes.flat, tasks):
         task_rows = [row for row in rows if row.task == task]
         sources = {row.test_source for row in task_rows}
-        note = " (carved test set)" if sources == {"carved"} else " (mixed/carved test sets)" if sources - {"shipped"} else ""
+        note = " (carved test set)" if sources == {"carved"} else " (mixed/carved test sets)" if sources - {"shipped", "given"} else ""
         ax.set_title(task + note, fontsize=10)
         shots = sorted({row.shots for row in task_rows})
-        drawn = False
         for index, model in enumerate(models):
             points = sorted((row.shots, row.mean[metric], row.std[metric]) for row in task_rows if row.model == model)
             points = [p for p in points if np.isfinite(p[1])]
@@ -142,7 +168,12 @@ def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path:
             handle = ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, linewidth=1.4,
                                  color=colours[index % len(colours)], label=model)
             handles.setdefault(model, handle)
-            drawn = True
+        chance = chance_level(metric, task_rows)
+        if chance is not None:
+            line = ax.axhline(chance, color="grey", linestyle=":", linewidth=1.4, zorder=1)
+            handles.setdefault("chance (random guessing)", line)
+        else:
+            no_chance.append(task)
         ax.set_xscale("log")
         ax.set_xticks(shots, [str(s) for s in shots])
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -150,18 +181,21 @@ def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path:
         ax.set_ylabel(metric)
         ax.grid(True, which="major", alpha=0.3)
         ax.set_xlim(shots[0] / 1.4, shots[-1] * 1.4)
-        if not drawn:
-            ax.set_xticks([])
-            ax.minorticks_off()
-            ax.set_yticks([])
-            ax.text(0.5, 0.5, f"{metric} not defined for this task", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=9, color="grey")
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4) or 1,
                fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title or f"{metric}: mean ± std over seeds", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    notes = []
+    if undefined:
+        why = " (AUROC is reported for two-class tasks only)" if metric == "auroc" else ""
+        notes.append(f"{metric} is undefined for {', '.join(undefined)}{why}: not shown")
+    if no_chance:
+        notes.append(f"no chance line for {', '.join(no_chance)}: 1/classes holds only on a class-balanced test set, "
+                     "and its class counts are not recorded")
+    for i, note in enumerate(notes):
+        fig.text(0.5, -0.05 - 0.035 * i, note, ha="center", fontsize=8, color="grey")
     path = save_figure(fig, out)
     plt.close(fig)
     return path

@@ -7,7 +7,8 @@ can reuse them:
   sweeps from different days or machines combine) and returns one record (``dict``) per run.
 - :func:`aggregate` groups the records by (task, shots, pretrained model label) and returns one
   :class:`ResultRow` per group: mean and sample standard deviation over seeds of each metric. Runs
-  repeated with the same seed keep only the newest (by ``finished_at``), with a warning.
+  repeated with the same seed keep only the newest (by ``finished_at``), with a warning; runs of
+  one task name on different data (``data_sha256``) are kept apart as ``<task>@<hash>``.
 - :func:`to_markdown`, :func:`write_markdown`, :func:`write_csv` and :func:`write_figures` write
   the table, the CSV and one PNG per metric (``results_<metric>.png``), all atomically.
 
@@ -42,7 +43,7 @@ METRICS = ("accuracy", "f1_macro", "mcc", "auroc")
 REQUIRED_METRICS = ("accuracy", "f1_macro", "mcc")
 #: top-level keys a results.json must hold (``pretrained`` may be null: a randomly initialised model)
 REQUIRED_KEYS = ("task", "shots", "seed", "pretrained", "test_source", "metrics")
-TEST_SOURCES = ("shipped", "carved")
+TEST_SOURCES = ("shipped", "carved", "given")  # given: the user's own test file (data=custom)
 RANDOM_INIT = "random init"
 #: the spec's task order (§5); other tasks follow alphabetically
 TASK_ORDER = ("prom_core", "prom_300", "cohn_enh", "splice_40")
@@ -211,6 +212,8 @@ class ResultRow:
     std: dict[str, float] = field(default_factory=dict)
     #: metric -> number of seeds that report it
     count: dict[str, int] = field(default_factory=dict)
+    #: number of classes, where every run of the group records the same ``label_names`` (else None)
+    n_classes: int | None = None
 
     @property
     def n_seeds(self) -> int:
@@ -220,11 +223,13 @@ class ResultRow:
 def deduplicate(records: Sequence[dict]) -> list[dict]:
     """One record per (task, shots, model label, seed): the newest by ``finished_at``, with a warning.
 
+    Runs on different data under one task name are told apart first (:func:`separate_data`).
+
     Records without ``finished_at`` count as older than any with one; ties go to the file modified
     last, then to the later path.
     """
     groups: dict[tuple, list[dict]] = {}
-    for record in records:
+    for record in separate_data(records):
         groups.setdefault(_run_key(record), []).append(record)
     kept = []
     for key, group in groups.items():
@@ -240,6 +245,30 @@ def deduplicate(records: Sequence[dict]) -> list[dict]:
         else:
             kept.append(group[0])
     return kept
+
+
+def separate_data(records: Sequence[dict]) -> list[dict]:
+    """Runs of one task name and shot count on different data (``data_sha256``) are never merged.
+
+    Where a (task, shots) holds more than one data hash, each run's task becomes
+    ``<task>@<first 8 hex digits>``, with a warning; runs without a hash (older results) keep the
+    task name and join the one hash there is, if there is only one.
+    """
+    hashes: dict[tuple, set[str]] = {}
+    for record in records:
+        if record.get("data_sha256"):
+            hashes.setdefault((record["task"], record["shots"]), set()).add(record["data_sha256"])
+    split = {key for key, found in hashes.items() if len(found) > 1}
+    out = []
+    for record in records:
+        if (record["task"], record["shots"]) in split and record.get("data_sha256"):
+            record = {**record, "task": f"{record['task']}@{record['data_sha256'][:8]}"}
+        out.append(record)
+    for task, shots in sorted(split, key=lambda key: (_task_rank(key[0]), key[1])):
+        log.warning("warning: task %s, %d shots: runs on %d different data sets (by content hash) are kept apart as %s",
+                    task, shots, len(hashes[task, shots]),
+                    ", ".join(sorted(f"{task}@{h[:8]}" for h in hashes[task, shots])))
+    return out
 
 
 def _run_key(record: dict) -> tuple:
@@ -291,6 +320,7 @@ def aggregate(records: Sequence[dict], metrics: Sequence[str] = METRICS) -> list
             seeds=[r["seed"] for r in group],
             test_source=next(iter(sources)) if len(sources) == 1 else "mixed",
             sources=dict(sorted(sources.items())),
+            n_classes=_n_classes(group),
         )
         for metric in metrics:
             values = np.array([r["metrics"].get(metric) for r in group], dtype=float)  # null -> NaN
@@ -400,11 +430,46 @@ def write_csv(rows: Sequence[ResultRow], path: str | os.PathLike, metrics: Seque
     return Path(path)
 
 
+def _n_classes(group: Sequence[dict]) -> int | None:
+    """The number of classes the runs record (``label_names``), if they all agree; else None."""
+    sizes = {len(r["label_names"]) if isinstance(r.get("label_names"), list) else None for r in group}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def chance_level(metric: str, rows: Sequence[ResultRow]) -> float | None:
+    """The expected score of guessing at random on one task's test set, where it is known; else None.
+
+    MCC 0 and AUROC 0.5 hold for any test set. Accuracy and macro-F1 of uniform guessing are 1/C
+    only on a class-balanced test set, and results.json records no test class counts: the carved
+    test sets are balanced by construction, so those get 1/C (C from ``label_names``); shipped and
+    user-given ones get no line.
+    """
+    if metric == "mcc":
+        return 0.0
+    if metric == "auroc":
+        return 0.5
+    classes = {row.n_classes for row in rows}
+    if metric in ("accuracy", "f1_macro") and {row.test_source for row in rows} == {"carved"} and len(classes) == 1:
+        (n,) = classes
+        return 1.0 / n if n else None
+    return None
+
+
 def write_figures(rows: Sequence[ResultRow], out: str | os.PathLike, metrics: Sequence[str] | None = None) -> list[Path]:
-    """One PNG per metric, ``<out>/results_<metric>.png`` (see :func:`gm.plots.plot_results`)."""
+    """One PNG per metric, ``<out>/results_<metric>.png`` (see :func:`gm.plots.plot_results`).
+
+    A metric no task defines (AUROC of 3-class tasks only) gets no figure, with a note.
+    """
     from gm.plots import plot_results
 
-    return [plot_results(rows, metric, Path(out) / f"results_{metric}.png") for metric in _used_metrics(rows, metrics)]
+    written = []
+    for metric in _used_metrics(rows, metrics):
+        path = plot_results(rows, metric, Path(out) / f"results_{metric}.png")
+        if path is None:
+            log.warning("note: no results_%s.png: %s is not defined for any task here", metric, metric)
+        else:
+            written.append(path)
+    return written
 
 
 @dataclass

@@ -237,12 +237,34 @@ class KmerTokenizer:
 
     # ----------------------------------------------------------------------------- Hugging Face I/O
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``vocab.txt`` and the configs that ``transformers.BertTokenizer`` loads."""
+        """Write ``vocab.txt``, a ``tokenizer.json`` and the configs that transformers loads.
+
+        ``tokenizer.json`` upper-cases a, c, g and t before the vocabulary lookup, so
+        ``AutoTokenizer`` (which loads it as a fast tokenizer) maps lower-case k-mers to the same
+        ids as this class. ``BertTokenizer.from_pretrained`` rebuilds its own normaliser from
+        ``vocab.txt`` (it can only lower-case) and maps them to ``[UNK]``: give it upper case.
+        """
+        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+        from tokenizers.models import WordPiece
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "vocab.txt", "\n".join(self.vocab) + "\n")
+        backend = Tokenizer(WordPiece({token: i for i, token in enumerate(self.vocab)}, unk_token="[UNK]"))
+        bert = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=False, lowercase=False)
+        # BERT's cleaning, then a -> A, c -> C, g -> G, t -> T
+        backend.normalizer = normalizers.Sequence([bert] + [normalizers.Replace(base.lower(), base) for base in BASES])
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+        )
+        backend.decoder = decoders.WordPiece(prefix="##")
+        backend.add_special_tokens([AddedToken(token, special=True) for token in SPECIAL_TOKENS])
+        atomic_write_text(directory / "tokenizer.json", backend.to_str())
         config = {
-            "tokenizer_class": "BertTokenizer",
+            "tokenizer_class": "PreTrainedTokenizerFast",  # AutoTokenizer then keeps tokenizer.json's normaliser
             "do_lower_case": False,
             "do_basic_tokenize": True,
             "tokenize_chinese_chars": False,
@@ -253,6 +275,7 @@ class KmerTokenizer:
             "cls_token": "[CLS]",
             "sep_token": "[SEP]",
             "mask_token": "[MASK]",
+            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],  # what BertTokenizer returns
             "kmer": self.k,
         }
         atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")

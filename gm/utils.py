@@ -1,11 +1,14 @@
-"""Small shared helpers: the project's user-facing error and atomic file writes."""
+"""Small shared helpers: the project's user-facing error, atomic file writes, and their leftovers."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -18,16 +21,33 @@ class GMError(Exception):
     """
 
 
+def _host() -> str:
+    """This machine's name as it may appear in a temporary name (no dots or dashes: they separate fields)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+
+
+def _owner_tag() -> str:
+    """``<host>~<pid>~<random>``: who writes a temporary, so a later run can tell a dead writer's leftovers."""
+    return f"{_host()}~{os.getpid()}~{secrets.token_hex(3)}"
+
+
+#: temporaries of atomic_open (``.<name>.<owner>.tmp``) and atomic_directory (``.tmp-<name>.<owner>``,
+#: ``.old-<name>.<owner>``), with their writer's host and pid
+_TEMPORARY = re.compile(r"^\.(?:(?:tmp|old)-.+\.|.+\.)(?P<host>\w+)~(?P<pid>\d+)~[0-9a-f]+(?:\.tmp)?$")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces ``path`` only once the block succeeds.
 
     Readers see the old file or the whole new one, never a torn file; on error the temporary
-    file is removed.
+    file is removed. The file gets the mode any new file gets (0666 less the umask), and its
+    temporary name carries the writer's host and pid for :func:`remove_stale_temporaries`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{_owner_tag()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -54,16 +74,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place only on success.
 
-    A crash leaves at most a ``.tmp-*`` sibling that no reader ever mistakes for the result;
-    an existing ``final`` is replaced.
+    A crash leaves at most a ``.tmp-*`` sibling that no reader ever mistakes for the result (and
+    that :func:`remove_stale_temporaries` removes once its writer is dead); an existing ``final``
+    is replaced. The directory gets the mode any new directory gets (0777 less the umask).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    owner = _owner_tag()
+    tmp = final.with_name(f".tmp-{final.name}.{owner}")
+    tmp.mkdir(0o777)  # umask applies
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            old = final.with_name(f".old-{final.name}.{owner}")
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -72,3 +95,101 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer left in ``folder``: temporaries of atomic writes whose process is gone.
+
+    Only temporaries written on this host by a process that no longer exists are removed, so a
+    live writer's (another run, another rank, another node on a shared filesystem) is never
+    touched. Cleaning is best effort: a folder that cannot be written is left as it is (the write
+    that follows reports it). Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, removed = _host(), []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # unreadable: nothing to clean that we could see
+        return []
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:  # read-only or not ours to remove
+                continue
+        removed.append(entry)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------ output paths
+#: OSErrors that mean "this path cannot be written here", in the words a user needs
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on device",  # names no file
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "it is a directory",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EFBIG: "file too large",
+}
+
+
+def check_output_path(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an output *file* path that can never be written, before any work is done.
+
+    A directory, or a path under an existing file, would otherwise fail at the very end (after
+    minutes of work) with a traceback.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise GMError(f"{option} {path} is a directory; give a file name (e.g. {path / 'name'})")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise GMError(f"{option} {path}: {parent} is a file, not a folder")
+    return path
+
+
+def write_error(path: str | os.PathLike, err: OSError, hint: str = "") -> GMError | None:
+    """One line for an OSError met while writing ``path``, or None if it is no write error.
+
+    A full disk's error names no file and a read-only folder's names a temporary one, so the
+    line names ``path``, what the user asked to write.
+    """
+    reason = _WRITE_ERRORS.get(err.errno or 0)
+    if reason is None:
+        return None
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    return GMError(f"cannot write {path}: {reason}{where}" + (f"; {hint}" if hint else ""))
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, hint: str = "") -> Iterator[None]:
+    """Run a block that writes ``path``: a full disk, read-only folder and the like become a
+    :class:`GMError` naming ``path`` (any other OSError keeps its traceback)."""
+    try:
+        yield
+    except OSError as err:
+        error = write_error(path, err, hint)
+        if error is None:
+            raise
+        raise error from err

@@ -37,6 +37,27 @@ def test_dry_run_lists_every_command(tmp_path, capsys):
     assert not (tmp_path / "compute.json").exists()
 
 
+def test_dry_run_commands_can_be_pasted_into_a_shell(tmp_path, capsys):
+    """Each printed line is the whole command (the interpreter too), quoted: a folder with a space survives."""
+    import shlex
+    import subprocess
+    import sys
+
+    out = tmp_path / "my experiment"
+    assert comparison.main(["--out", str(out), "--dry-run", "--maskings", "bert", "--tasks", "splice_40"]) == 0
+    lines = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(lines) == 1 + 2 + 1  # pretrain bert; fine-tune bert and random init; results
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == sys.executable and argv[1].endswith(".py")
+    pretrain = shlex.split(lines[0])
+    assert f"hydra.sweep.dir={out / 'pretrain' / 'bert'}" in pretrain
+    # pasted as printed (plus --help, which only composes the config): the shell runs it, Hydra accepts every argument
+    shown = subprocess.run(lines[0] + " --help", shell=True, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "_target_: gm.masking.BertMasking" in shown.stdout
+
+
 def test_whole_experiment_on_a_tiny_scale_then_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("GM_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "exp"

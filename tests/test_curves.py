@@ -149,3 +149,31 @@ def test_errors_name_the_folder_or_file(tmp_path):
     with pytest.raises(GMError, match="--smooth"):
         plot_curves([tmp_path / "new"], tmp_path / "x.png", smooth_window=0)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_folders_without_metrics_are_skipped_with_a_note(runs, tmp_path, capsys):
+    """`analyze.py curves logs/pretrain/runs/*`: crashed or wandb-only runs among them are noted, not fatal."""
+    from conftest import run_cli
+
+    folders = tmp_path / "runs"
+    shutil.copytree(runs["genemask"], folders / "a_genemask")
+    (folders / "b_crashed" / ".hydra").mkdir(parents=True)  # a run that died before its first log
+    header_only = folders / "c_new" / "csv" / "metrics.csv"
+    header_only.parent.mkdir(parents=True)
+    header_only.write_text("epoch,step,train/loss\n")
+    shutil.copytree(runs["kmer_span"], folders / "d_kmer_span")
+    out = tmp_path / "curves.png"
+    result = run_cli("analyze.py", ["curves", *sorted(map(str, folders.iterdir())), "--out", str(out)], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2 and "b_crashed: no metrics.csv" in notes[0] and "c_new/csv/metrics.csv: no logged rows" in notes[1]
+    assert "Traceback" not in result.stderr and out.stat().st_size > 0
+    assert f"genemask, {LABEL}: " in result.stdout and f"kmer_span, {LABEL}: " in result.stdout
+    # none with metrics: one clear line
+    args = parser().parse_args(["curves", str(folders / "b_crashed"), str(header_only.parent.parent), "--out",
+                                str(tmp_path / "none.png")])
+    assert run(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: none of the 2 paths given has logged metrics (" + str(folders / "b_crashed") + ", "
+        + str(header_only) + "); was the run logged with logger=csv?"]
+    assert not (tmp_path / "none.png").exists()

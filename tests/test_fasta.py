@@ -415,6 +415,171 @@ def test_unreadable_or_old_cache_is_rebuilt(tmp_path):
     assert_cache_matches(build_or_load_cache(path, tmp_path / "cache", 4), records, 4)
 
 
+@pytest.mark.parametrize("whole_hash_limit", [None, 1 << 20])
+def test_cache_notices_a_same_size_same_mtime_edit_in_the_middle(tmp_path, monkeypatch, caplog, whole_hash_limit):
+    """The old fingerprint hashed only the first and last MiB: a middle edit of a 3 MB file that
+    kept its size and mtime kept the old cache. Now files up to 32 MiB are hashed whole and larger
+    ones (here: a limit of 1 MiB) sampled in 65 blocks, the middle one among them."""
+    if whole_hash_limit is not None:
+        monkeypatch.setattr(fasta_mod, "_WHOLE_HASH_LIMIT", whole_hash_limit)
+    rng = np.random.default_rng(11)
+    seq = "".join(rng.choice(list("ACGT"), 3_000_000))
+    path = tmp_path / "big.fa"
+    path.write_text(fasta_text([("big", seq)], 100))
+    old = build_or_load_cache(path, tmp_path / "cache", 5)
+    stat = path.stat()
+    middle = len(seq) // 2
+    changed = seq[:middle] + "N" * 500 + seq[middle + 500 :]
+    path.write_text(fasta_text([("big", changed)], 100))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    with caplog.at_level("WARNING", logger="gm.fasta"):
+        new = build_or_load_cache(path, tmp_path / "cache", 5)
+    assert "the source file changed since it was built (hash differ); rebuilding it" in caplog.text
+    assert old.total_bases == len(seq) and new.total_bases == len(seq) - 500
+    assert cache_rows(new) == [(0, 0, middle), (0, middle + 500, len(seq) - middle - 500)]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "name, damage, why",
+    [
+        ("bases.2bit", _truncate, "bases.2bit is [0-9]+ bytes, not the [0-9]+ it was built with \\(damaged\\)"),
+        ("bases.2bit", lambda p: p.write_bytes(b""), "bases.2bit is 0 bytes, not the [0-9]+ it was built with"),
+        ("bases.2bit", _flip_bytes, "bases.2bit does not match its checksum \\(damaged\\)"),
+        ("bases.2bit", Path.unlink, "a data file is missing or unreadable \\(No such file or directory: .*bases.2bit\\)"),
+        ("segments.npy", _flip_bytes, "segments.npy does not match its checksum"),
+        ("segments.npy", _truncate, "segments.npy is [0-9]+ bytes, not the [0-9]+ it was built with"),
+    ],
+)
+def test_damaged_cache_is_rebuilt_not_trusted(tmp_path, caplog, name, damage, why):
+    """A truncated bases.2bit used to be trusted: every later run crashed with an IndexError."""
+    import re
+
+    records = gapped_records(12)
+    path = tmp_path / "g.fa"
+    path.write_text(fasta_text(records))
+    cache = build_or_load_cache(path, tmp_path / "cache", 4)
+    damage(cache.directory / name)
+    with caplog.at_level("WARNING", logger="gm.fasta"):
+        again = build_or_load_cache(path, tmp_path / "cache", 4)
+    assert re.search(f"genome cache {re.escape(str(cache.directory))}: {why}[^;]*; rebuilding it", caplog.text), caplog.text
+    assert_cache_matches(again, records, 4)  # reads every base back: no IndexError, the right bases
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gm.fasta"):
+        build_or_load_cache(path, tmp_path / "cache", 4)  # sound again: reused without a word
+    assert caplog.text == ""
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Make ``root`` behave as a read-only file system: creating anything under it fails with
+    EROFS. (Tests run as root, which chmod cannot stop, and a read-only mount needs privileges.)"""
+    import builtins
+    import errno
+
+    def refuse(path) -> None:
+        if str(os.path.abspath(path)).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    real_mkdir, real_os_open, real_open = os.mkdir, os.open, builtins.open
+
+    def mkdir(path, *args, **kwargs):
+        if os.path.isdir(path):
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
+        refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+
+
+def test_read_only_cache_folder_is_one_clear_line(tmp_path, monkeypatch):
+    path = tmp_path / "g.fa"
+    path.write_text(fasta_text(gapped_records(13)))
+    root = tmp_path / "cache"
+    built = build_or_load_cache(path, root, 4)  # a sound cache is only read: a read-only folder is fine
+    _read_only(monkeypatch, root)
+    assert cache_rows(build_or_load_cache(path, root, 4)) == cache_rows(built)
+    with pytest.raises(GMError) as info:  # a cache still to build cannot be
+        build_or_load_cache(path, root, 9)
+    directory = cache_dir_for(path, root, 9)
+    message = str(info.value)
+    assert message.startswith(f"cannot write the genome cache {directory}: read-only file system (")
+    assert message.endswith("; set GM_CACHE_DIR (paths.cache_dir) to a folder you can write")
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 555")
+def test_unwritable_cache_folder_for_real(tmp_path):
+    path = tmp_path / "g.fa"
+    path.write_text(fasta_text(gapped_records(13)))
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        with pytest.raises(GMError, match="permission denied.*set GM_CACHE_DIR"):
+            build_or_load_cache(path, root, 4)
+    finally:
+        root.chmod(0o755)
+
+
+def test_full_disk_names_the_cache_being_written(tmp_path, monkeypatch):
+    """errno 28 names no file: the line names the cache, and the half-built cache is removed."""
+    import builtins
+    import errno
+
+    path = tmp_path / "g.fa"
+    path.write_text(fasta_text(random_records(np.random.default_rng(3), [50_000], "ACGT")))
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def open_(file, mode="r", *args, **kwargs):  # the 2-bit bases are written through open(.., "wb")
+        handle = real_open(file, mode, *args, **kwargs)
+        return FullDisk(handle) if str(file).endswith("bases.2bit") else handle
+
+    monkeypatch.setattr(fasta_mod, "open", open_, raising=False)
+    root = tmp_path / "cache"
+    with pytest.raises(GMError) as info:
+        build_or_load_cache(path, root, 4)
+    assert str(info.value) == (
+        f"cannot write the genome cache {cache_dir_for(path, root, 4)}: no space left on device; "
+        "free some space, or set GM_CACHE_DIR (paths.cache_dir) to a folder on another disk"
+    )
+    assert cache_entries(root) == []
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -540,3 +705,15 @@ def test_concurrent_builders_share_one_cache(tmp_path):
         results = pool.map(_build_in_child, [(str(path), str(tmp_path / "cache"))] * 4)
     assert len(set(results)) == 1
     assert cache_entries(tmp_path / "cache") == [Path(results[0][0]).name]
+
+
+def test_fetch_into_a_read_only_folder_is_one_clear_line(tmp_path, monkeypatch):
+    source = tmp_path / "src" / "genome.fa.gz"
+    source.parent.mkdir()
+    source.write_bytes(gzip.compress(fasta_text(gapped_records()).encode()))
+    downloads = tmp_path / "downloads"
+    _read_only(monkeypatch, downloads)
+    with pytest.raises(GMError) as info:
+        fetch(source.as_uri(), downloads)
+    assert str(info.value).startswith(f"cannot write {downloads / 'genome.fa.gz'}: read-only file system (")
+    assert str(info.value).endswith("; set GM_CACHE_DIR (paths.cache_dir) or data.download_dir to another folder")

@@ -191,7 +191,7 @@ def test_custom_train_and_test_files(tmp_path: Path) -> None:
     train = write(tmp_path / "train.tsv", "sequence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(seqs[:30])))
     test = write(tmp_path / "test.csv", "sequence,label\n" + "".join(f"{kmers(s)},{i % 2}\n" for i, s in enumerate(seqs[28:])))
     split = make_split("mine", 10, 0, custom={"train": train, "test": test})
-    assert split.task == "mine" and split.test_source == "shipped" and split.train_source == "resampled"
+    assert split.task == "mine" and split.test_source == "given" and split.train_source == "resampled"
     assert len(split.test) == 12 and split.class_counts() == [10, 10]
     assert not sequences(split.train) & sequences(split.test)  # seqs 28, 29 are in both files: never drawn
     with pytest.raises(GMError, match="only 14 per class"):
@@ -292,3 +292,72 @@ def test_prom_core_test_set_is_fast() -> None:
     dm.setup()
     assert len(dm.split.test) == 5920
     assert time.perf_counter() - started < 2.0
+
+
+# ------------------------------------------------------------------------------------------ per-class files
+def fasta(records: list[str], width: int = 25) -> str:
+    return "".join(f">seq{i} some description\n" + "".join(s[j : j + width] + "\n" for j in range(0, len(s), width))
+                   for i, s in enumerate(records))
+
+
+def test_per_class_fasta_and_plain_files(tmp_path: Path) -> None:
+    import hashlib
+
+    rng = np.random.default_rng(2)
+    tata = [random_seq(rng, 60) for _ in range(30)]
+    other = [random_seq(rng, 60) for _ in range(30)]
+    a = write(tmp_path / "tata.fa.gz", fasta(tata))  # records over several lines, gzipped
+    b = write(tmp_path / "nontata.txt", "\n".join(s.lower() if i % 2 else kmers(s) for i, s in enumerate(other)) + "\n\n")
+    split = make_split("custom", 5, 0, custom={"train": {"promoter": a, "other": b}, "test_per_class": 5})
+    assert split.task == "tata+nontata" and split.label_names == ["promoter", "other"]
+    assert split.class_counts() == [5, 5] and split.class_counts("test") == [5, 5] and split.test_source == "carved"
+    assert {e.sequence for e in split.train + split.test if e.label == 0} <= set(tata)
+    assert {e.sequence for e in split.train + split.test if e.label == 1} <= set(other)
+    assert [(f["role"], f["label"], f["sha256"]) for f in split.files] == [
+        ("train", "promoter", hashlib.sha256(a.read_bytes()).hexdigest()),
+        ("train", "other", hashlib.sha256(b.read_bytes()).hexdigest())]
+    # a list: labels from the file names; a test slot of per-class files
+    c = write(tmp_path / "test_tata.fa", fasta([random_seq(rng, 60) for _ in range(4)]))
+    d = write(tmp_path / "test_other.fa", fasta([random_seq(rng, 60) for _ in range(3)]))
+    listed = make_split(None, 5, 0, custom={"train": [a, b], "test": {"nontata": d, "tata": c}})
+    assert listed.label_names == ["tata", "nontata"] and listed.test_source == "given"
+    assert listed.class_counts("test") == [4, 3] and listed.class_counts() == [5, 5]
+    with pytest.raises(GMError, match="test file for label 'enhancer': not one of the training labels tata, nontata"):
+        make_split(None, 5, 0, custom={"train": [a, b], "test": {"enhancer": d, "tata": c}})
+    # the data hash follows the content, not the path
+    moved = write(tmp_path / "elsewhere.fa.gz", fasta(tata))
+    again = make_split("custom", 5, 0, custom={"train": {"promoter": moved, "other": b}, "test_per_class": 5})
+    assert again.data_sha256 == split.data_sha256
+    swapped = make_split("custom", 5, 0, custom={"train": {"promoter": b, "other": a}, "test_per_class": 5})
+    assert swapped.data_sha256 != split.data_sha256
+
+
+def test_shipped_tasks_record_the_files_they_read() -> None:
+    import hashlib
+
+    split = make_split("prom_core", 10, 0)
+    assert [(f["role"], f["path"]) for f in split.files] == [
+        ("train", str(DEFAULT_DATA_DIR / "Prom-core/10/train.tsv.gz")), ("test", str(DEFAULT_DATA_DIR / "Prom-core/test.tsv.gz"))]
+    assert split.files[1]["sha256"] == hashlib.sha256((DEFAULT_DATA_DIR / "Prom-core/test.tsv.gz").read_bytes()).hexdigest()
+    assert make_split("prom_core", 10, 1).data_sha256 == split.data_sha256  # same files, another draw of nothing
+    resampled = make_split("prom_core", 10, 0, resample=True)
+    assert [f["role"] for f in resampled.files] == ["train"] * 5 + ["test"] and resampled.data_sha256 != split.data_sha256
+
+
+def test_sequence_files_in_the_wrong_slot_say_what_is_supported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    fa = write(tmp_path / "seqs.fa", fasta([random_seq(rng, 40) for _ in range(4)]))
+    lines = write(tmp_path / "tata.txt", "".join(random_seq(rng, 300) + "\n" for _ in range(4)))
+    table = write(tmp_path / "table.tsv", "sequence\tlabel\n" + "".join(f"{random_seq(rng, 40)}\t{i % 2}\n" for i in range(6)))
+    for path, kind in ((fa, "a FASTA file"), (lines, "a headerless one-sequence-per-line file")):
+        with pytest.raises(GMError, match=rf"{path.name}: {kind} has no labels, .* one such file per class instead"):
+            make_split("custom", 1, 0, custom={"train": path})
+    with pytest.raises(GMError, match=r"table\.tsv:1: a table, but a per-class file holds FASTA records or one sequence per line"):
+        make_split("custom", 1, 0, custom={"train": {"a": table, "b": fa}})
+    with pytest.raises(GMError, match="label 'seqs' names two files"):
+        make_split("custom", 1, 0, custom={"train": [fa, fa]})
+    with pytest.raises(GMError, match=r"seqs\.fa: only one label found \('seqs'\)"):
+        make_split("custom", 1, 0, custom={"train": [fa]})
+    bad = write(tmp_path / "bad.fa", ">one\nACGTACGTAC\n>two\nACGTXCGTAC\n")
+    with pytest.raises(GMError, match=r"bad\.fa:3: character 'X'"):
+        make_split("custom", 1, 0, custom={"train": {"a": bad, "b": fa}})

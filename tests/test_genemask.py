@@ -556,7 +556,8 @@ def test_ranking_without_needed_columns(tmp_path):
         GeneMaskMasking(ranking=str(path))
     with pytest.raises(GMError, match=re.escape(str(tmp_path / "missing.csv"))):
         GeneMaskMasking(ranking=str(tmp_path / "missing.csv"))
-    with pytest.raises(GMError, match="no 3-mers"):
+    with pytest.raises(GMError, match=r"line 2: 'CCTCCC' is not a 3-mer of A/C/G/T \(a ranking of 6-mers; k=3 needs 3-mers: "
+                                      r"python analyze.py npmi --k 3\)"):
         GeneMaskMasking(k=3)  # the shipped ranking has 6-mers only
 
 

@@ -197,6 +197,25 @@ def test_split_errors_when_genome_too_small(tmp_path):
         datamodule(tmp_path / "tiny.fa", tmp_path / "cache2", split_block=100_000, val_fraction=0.1)
 
 
+def test_genome_too_short_for_a_window_says_so(tmp_path):
+    """A 50-base FASTA was told to lower data.split_block; the genome is what is too short."""
+    fasta = tmp_path / "fifty.fa"
+    fasta.write_text(">s\n" + "ACGTTGCA" * 6 + "AC\n")
+    with pytest.raises(GMError) as info:
+        datamodule(fasta, tmp_path / "cache")  # max_kmers=60: a window of 65 bases, one per split
+    assert str(info.value) == (
+        f"{fasta}: genome too short: 50 usable bases (of 50; runs of A/C/G/T of at least 10), but a window of "
+        "data.max_kmers=60 6-mers spans 65 bases and it needs one for training and one for validation: at least "
+        "130 bases; use a longer genome (or lower data.max_kmers)"
+    )
+    assert "split_block" not in str(info.value)
+    fasta.write_text(">s\n" + "ACGT" * 30 + "NNNNN" + "ACGTTGCA" + "\n")  # 120 usable of 133 (the 8 after the Ns: too short a run)
+    with pytest.raises(GMError, match=r"genome too short: 120 usable bases \(of 133; .*at least 130 bases"):
+        datamodule(fasta, tmp_path / "cache")
+    dm = datamodule(fasta, tmp_path / "cache", val_fraction=0.0)  # no validation: one window is enough
+    assert dm.train_set.num_batches(0) >= 1
+
+
 # ------------------------------------------------------------------------------------------ plans
 def synthetic_regions(seed: int = 0, n: int = 300) -> Regions:
     lengths = np.random.default_rng(seed).integers(1, 3000, n)

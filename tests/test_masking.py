@@ -322,3 +322,65 @@ def test_runs_on_device(name, device):
         strategy.centres = lambda *args: centres
         expected = kmer_span_reference(ids_cpu, centres.cpu(), 6)
         assert torch.equal(strategy(ids, gen(2, device)).masked.cpu(), expected)
+
+
+# ------------------------------------------------------------------------------------------ options given to the wrong strategy
+GENEMASK_ONLY_LINE = (
+    "masking.ranking is an option of the genemask strategies (masking=genemask, genemask_position, "
+    "genemask_released); kmer_span has no ranking: choose one of those, e.g. masking=genemask masking.ranking=…"
+)
+
+
+def test_ranking_given_to_kmer_span_names_the_strategies_that_have_it(tmp_path, capsys):
+    """Hydra's advice for `masking.ranking=` with the default kmer_span is `+masking.ranking=`,
+    which then failed with a TypeError traceback from instantiate."""
+    from hydra.utils import instantiate
+
+    from conftest import TINY, compose_train
+    from gm.config import run_entry
+
+    with pytest.raises(GMError) as info:
+        KmerSpanMasking(ranking="mine.csv")
+    assert str(info.value) == GENEMASK_ONLY_LINE
+    with pytest.raises(GMError, match=r"^masking.p_center is not an option of masking=bert \(its options: k, mask_token_prob, "
+                                      r"mlm_probability, random_token_prob, replace\)$"):
+        BertMasking(p_center=0.1)
+    cfg = compose_train(tmp_path, TINY + ["+masking.ranking=mine.csv", "logger=none"])
+    (tmp_path / "run").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        run_entry(lambda cfg: instantiate(cfg.masking, k=cfg.k), cfg)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {GENEMASK_ONLY_LINE}"
+
+
+@pytest.mark.parametrize(
+    "argv, masking",
+    [
+        (["masking.ranking=mine.csv"], "kmer_span"),  # the default
+        (["trainer.max_steps=5", "masking.ranking=mine.csv"], "kmer_span"),
+        (["experiment=dnabert_kmer_span", "masking.ranking=mine.csv"], "kmer_span"),
+        (["-m", "masking=bert,genemask", "masking.ranking=mine.csv"], "bert"),  # a sweep: every strategy needs it
+        (["masking=random_span", "masking.ranking=mine.csv"], "random_span"),
+        (["masking=genemask", "masking.ranking=mine.csv"], None),
+        (["masking=genemask_released", "masking.rank_by=token"], None),  # inherited from genemask.yaml
+        (["experiment=genemask_dnabert", "masking.ranking=mine.csv"], None),
+        (["masking=random_span", "masking.all_high_if_fewer_than=9"], None),
+        (["+masking.ranking=mine.csv"], None),  # adds the key on purpose: the strategy refuses it itself
+        (["masking=nope", "masking.ranking=mine.csv"], None),  # Hydra lists the valid strategies
+        (["--config-name", "other", "masking.ranking=mine.csv"], None),
+        (["masking=genemask"], None),
+    ],
+)
+def test_masking_override_error_before_hydra(argv, masking):
+    from gm.masking_options import masking_override_error
+
+    line = masking_override_error(argv)
+    if masking is None:
+        assert line is None
+    else:
+        assert line == GENEMASK_ONLY_LINE.replace("kmer_span", masking).replace("masking.ranking", argv[-1].split("=")[0]).replace(
+            "no ranking", f"no {argv[-1].split('=')[0].split('.')[1]}"
+        )
+    assert masking_override_error(["masking=bert", "masking.p_center=0.1"]) == (
+        "masking.p_center is not an option of masking=bert (its options: mask_token_prob, mlm_probability, random_token_prob)"
+    )

@@ -259,17 +259,19 @@ def test_end_to_end_on_shipped_data_via_the_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Spearman" in printed and "N=  50" in printed
     out = tmp_path / "out"
-    for name in ("motif_report.md", "kmer_motif_scores.csv", "motif_score_vs_rank.png", "top20_kmers_motifs.png"):
+    for name in ("motif_report.md", "kmer_motif_scores.csv", "motif_score_vs_rank.png", "motif_information.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "motif_score_vs_rank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "kmer_motif_scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4096
-    assert list(rows[0]) == ["ngram", "rank", "best_motif_id", "best_motif_name", "best_score", "strand", "offset"]
+    assert list(rows[0]) == ["ngram", "rank", "best_motif_id", "best_motif_name", "best_score", "strand", "offset",
+                             "hit_information_bits", "hit_motif_id", "hit_motif_name"]
     assert rows[0]["ngram"] == "CCTCCC" and rows[0]["rank"] == "1"
     assert all(0.0 <= float(r["best_score"]) <= 1.0 and r["strand"] in "+-" for r in rows)
     report = (out / "motif_report.md").read_text()
     assert "## Statistics" in report and "## Reading" in report and "CCTCCC" in report
+    assert "## Hit share by --min-information" in report and not (out / "top20_kmers_motifs.png").exists()
 
 
 def test_cli_error_returns_2(tmp_path, capsys):
@@ -278,3 +280,36 @@ def test_cli_error_returns_2(tmp_path, capsys):
     args = parser.parse_args(["motifs", "--out", str(tmp_path), "--motifs", str(tmp_path / "none.pfm")])
     assert gmm.run(args) == 2
     assert "none.pfm" in capsys.readouterr().err
+
+
+def test_hit_information_gives_the_hit_share_of_every_min_information():
+    """One pass gives what a run at each --min-information X would count: a k-mer is a hit at X bits exactly
+    when the most informative window it hits carries >= X bits (and those bits are a real hitting window's)."""
+    motif_list = read_pfm(gmm.SHIPPED_MOTIFS)[:40]
+    best, _, _, _, hit_bits, hit_motif = gmm._score(motif_list, 6, gmm.DEFAULT_PSEUDOCOUNT, gmm.HUMAN_BACKGROUND, 0.0,
+                                                    gmm.DEFAULT_THRESHOLD, progress=False)
+    assert np.array_equal(best, score_kmers(motif_list, 6, progress=False)[0])
+    levels = (0.0, 6.0, 8.0, 9.5, 11.0)
+    counts = []
+    for level in levels:
+        at_level = score_kmers(motif_list, 6, min_information=level, progress=False)[0] >= gmm.DEFAULT_THRESHOLD
+        np.testing.assert_array_equal(at_level, np.nan_to_num(hit_bits, nan=-1) >= level)
+        counts.append(int(at_level.sum()))
+    assert counts[0] > counts[-1] > 0 and counts == sorted(counts, reverse=True)  # the levels do select
+    # a run with --min-information still sees every window for the hit information (the shares below its level)
+    filtered = gmm._score(motif_list, 6, gmm.DEFAULT_PSEUDOCOUNT, gmm.HUMAN_BACKGROUND, 9.5, gmm.DEFAULT_THRESHOLD,
+                          progress=False)
+    np.testing.assert_array_equal(filtered[4], hit_bits)
+    np.testing.assert_array_equal(filtered[0], score_kmers(motif_list, 6, min_information=9.5, progress=False)[0])
+    ranking = {g: i + 1 for i, g in enumerate(ngram_strings(6))}
+    shares = gmm.hit_shares(ranking, hit_bits, ns=[10], levels=levels)
+    assert [round(r["all"] * 4096) for r in shares] == counts
+    assert shares[2]["top10"] == np.mean(np.nan_to_num(hit_bits[:10], nan=-1) >= 8.0)
+    # the bits are those of a window of the named motif that the k-mer hits
+    i = int(np.nanargmax(hit_bits))
+    kmer = str(ngram_strings(6)[i])
+    motif = motif_list[hit_motif[i]]
+    info = gmm.information(motif.counts)
+    windows = [(o, info[o : o + 6].sum()) for o in range(motif.length - 5)] or [(0, info.sum())]
+    assert any(abs(bits - hit_bits[i]) < 1e-9 and brute_force([Motif("w", "w", motif.counts[o : o + 6])], kmer) >= 0.9
+               for o, bits in windows)

@@ -192,8 +192,11 @@ def biased_counts() -> NgramCounts:
 
 def check_ranks(ranking: Ranking, min_count: int) -> None:
     n = ranking.rank.size
-    assert sorted(ranking.rank.tolist()) == list(range(1, n + 1))
     scored = np.isfinite(ranking.score)
+    n_scored = int(scored.sum())
+    # the scored k-mers rank 1..S; the unscored share the worst rank, S + 1 (as analyze.py npmi --help says)
+    assert sorted(ranking.rank[scored].tolist()) == list(range(1, n_scored + 1))
+    assert (ranking.rank[~scored] == n_scored + 1).all()
     assert not scored[ranking.count < min_count].any()  # dropped
     assert scored[ranking.count >= min_count].all()
     # every scored k-mer before every dropped one; among the scored, higher score first
@@ -248,7 +251,9 @@ def test_write_csv_and_read_back(tmp_path, biased_counts):
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
         assert list(rows[0]) == ["ngram", "count", "pmi", "score", "rank"]
-    assert [int(r["rank"]) for r in rows] == list(range(1, 257))  # best first
+    n_scored = int(np.isfinite(ranking.score).sum())
+    assert 0 < n_scored < 256
+    assert [int(r["rank"]) for r in rows] == list(range(1, n_scored + 1)) + [n_scored + 1] * (256 - n_scored)  # best first
     top = int(np.argmin(ranking.rank))
     assert rows[0]["ngram"] == ranking.ngram[top] and int(rows[0]["count"]) == ranking.count[top]
     assert math.isclose(float(rows[0]["score"]), ranking.score[top], rel_tol=1e-9)
@@ -271,12 +276,25 @@ def test_read_authors_ranking():
         ("kmer,rank\nAAA,1\n", r"columns 'ngram' and 'rank'"),
         ("ngram,score\nAAA,1\n", r"columns 'ngram' and 'rank'"),
         ("", r"columns 'ngram' and 'rank'"),
-        ("ngram,rank\nAAA,1\nACN,2\n", r"line 3: 'ACN' is not a k-mer"),
+        ("ngram,rank\nAAA,1\nACN,2\n", r"line 3: 'ACN' is not a 3-mer of A/C/G/T"),
         ("ngram,rank\nAAA,1\nACG,two\n", r"line 3: rank 'two' is not a number"),
         ("ngram,rank\nAAA,1\nACG,\n", r"line 3: rank '' is not a number"),
         ("ngram,rank\nAAA,1\nACG\n", r"line 3: rank None is not a number"),
         ("ngram,rank\nAAA,inf\n", r"line 2: rank 'inf' is not a number"),
-        ("ngram,rank\nAAAA,1\n", r"no 3-mers"),
+        ("ngram,rank\n", r"no 3-mers"),
+        # another k, a k-mer of other letters, an empty cell: errors, never rows silently skipped
+        ("ngram,rank\nAAAA,1\n", r"line 2: 'AAAA' is not a 3-mer of A/C/G/T \(a ranking of 4-mers; k=3 needs 3-mers"),
+        ("ngram,rank\nAAA,1\nAC,2\n", r"line 3: 'AC' is not a 3-mer"),
+        ("ngram,rank\nAAA,1\n,2\n", r"line 3: '' is not a 3-mer"),
+        ("ngram,rank\nAAA,1\nAXG,2\n", r"line 3: 'AXG' is not a 3-mer"),
+        # the same k-mer twice (case ignored): the last row used to win
+        ("ngram,rank\nAAA,1\nCCC,2\naaa,4000\n", r"line 4: AAA is ranked twice \(first on line 2\)"),
+        # impossible ranks
+        ("ngram,rank\nAAA,1\nCCC,-3\n", r"line 3: rank '-3' is impossible: ranks start at 1"),
+        ("ngram,rank\nAAA,0\n", r"line 2: rank '0' is impossible: ranks start at 1"),
+        ("ngram,rank\nAAA,1\nCCC,2.5\n", r"line 3: rank '2.5' is not a whole number"),
+        ("ngram,rank\nAAA,nan\n", r"line 2: rank 'nan' is not a number"),
+        ("ngram,rank\nAAA,1e30\n", r"line 2: rank '1e30' is too large"),
     ],
 )
 def test_read_ranking_errors_name_file_and_line(tmp_path, text, pattern):
@@ -284,6 +302,25 @@ def test_read_ranking_errors_name_file_and_line(tmp_path, text, pattern):
     path.write_text(text)
     with pytest.raises(GMError, match=re.escape(str(path)) + ".*" + pattern):
         read_ranking(path, k=3)
+
+
+def test_read_ranking_accepts_whole_floats_ties_and_case(tmp_path):
+    path = tmp_path / "ranking.csv"
+    path.write_text("ngram,rank\n" + "".join(f"{g.lower()},{1 + i // 2}.0\n" for i, g in enumerate(kmers(3))))
+    assert read_ranking(path, k=3) == {g: 1 + i // 2 for i, g in enumerate(kmers(3))}
+
+
+def test_partial_ranking_warns_with_the_share_ranked(tmp_path, caplog):
+    path = tmp_path / "ranking.csv"
+    path.write_text("ngram,rank\n" + "".join(f"{g},{i + 1}\n" for i, g in enumerate(kmers(6)[:10])))
+    with caplog.at_level("WARNING", logger="gm.npmi"):
+        ranks = read_ranking(path, k=6)
+    assert len(ranks) == 10
+    assert f"{path}: a partial ranking: it ranks 10 of the 4,096 6-mers (0.2%); the 4,086 it leaves out are unranked" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gm.npmi"):
+        read_ranking(AUTHORS_RANKING)  # complete: no warning
+    assert caplog.text == ""
 
 
 def test_read_ranking_missing_file(tmp_path):
@@ -301,3 +338,85 @@ def test_chr2_sample_agrees_with_authors_ranking():
     rho = spearman(np.array([authors[w] for w in kmers(6)]), np.array([ours[w] for w in kmers(6)]))
     print(f"Spearman correlation with the authors' 6-mer ranking on the chr2 sample: {rho:.4f}")
     assert rho > 0.8
+
+
+# ------------------------------------------------------------------------------------------ analyze.py npmi
+def test_npmi_refuses_a_genome_that_scores_no_kmer(tmp_path):
+    """Used to rank all 4,096 6-mers in code order and print a Spearman of 0.037."""
+    from conftest import run_cli, write_fasta
+
+    genome = write_fasta(tmp_path / "small.fa", {"a": "".join(np.random.default_rng(0).choice(list("ACGT"), 20_000))})
+    out = tmp_path / "r.csv"
+    result = run_cli("analyze.py", ["npmi", "--fasta", str(genome), "--out", str(out)], tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"error: {genome}: no 6-mer is seen 101 times or more in its 20,000 bases, so none can be ranked; "
+        "use a larger genome or lower --min-count"
+    )
+    assert "Traceback" not in result.stderr and "Spearman" not in result.stdout
+    assert not out.exists()
+
+
+def test_npmi_prints_no_spearman_for_a_handful_of_scored_kmers(tmp_path, capsys):
+    from conftest import write_fasta
+    from gm.analyze import npmi as npmi_command
+
+    genome = write_fasta(tmp_path / "repeat.fa", {"a": "ACGTTG" * 500})  # 6 distinct 6-mers, ~500 times each
+    out = tmp_path / "r.csv"
+    summary = npmi_command(genome, out)
+    printed = capsys.readouterr().out
+    assert summary["scored_kmers"] == 6 and summary["spearman_vs_authors"] is None
+    assert "Spearman" not in printed and "6 scored 6-mers are too few (at least 100 needed)" in printed
+    rows = list(csv.DictReader(open(out)))
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5, 6] + [7] * 4090  # the rest share the worst rank
+
+
+def test_npmi_out_that_cannot_be_a_file(tmp_path, capsys):
+    """Refused before counting, in one line (a directory used to end in IsADirectoryError)."""
+    from gm.analyze import main
+
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    assert main(["npmi", "--out", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {folder} is a directory; give a file name (e.g. {folder / 'name'})"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["npmi", "--out", str(afile / "r.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {afile / 'r.csv'}: {afile} is a file, not a folder"
+
+
+def full_disk(monkeypatch) -> None:
+    """Make every file that gm.utils.atomic_open writes fail as a full disk does: OSError 28,
+    naming no file."""
+    import errno
+    import os
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real_fdopen(fd, *args, **kwargs)))
+
+
+def test_npmi_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
+    from conftest import write_fasta
+    from gm.analyze import main
+
+    genome = write_fasta(tmp_path / "repeat.fa", {"a": "ACGTTG" * 500})
+    out = tmp_path / "deep" / "r.csv"
+    full_disk(monkeypatch)
+    assert main(["npmi", "--fasta", str(genome), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: cannot write {out}: no space left on device"
+    assert list(out.parent.iterdir()) == []  # no torn file, no temporary left

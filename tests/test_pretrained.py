@@ -100,3 +100,72 @@ def test_missing_sources_are_clear_errors(tmp_path):
         load_classifier(str(not_ckpt), num_labels=2)
     with pytest.raises(GMError, match="no config.json"):
         load_classifier(str(tmp_path), num_labels=2)
+
+
+def copy_export(pretrained_run: Path, to: Path) -> Path:
+    to.mkdir()
+    for file in (pretrained_run / "hf").iterdir():
+        (to / file.name).write_bytes(file.read_bytes())
+    return to
+
+
+def test_every_source_fine_tunes_in_training_mode_with_dropout(pretrained_run):
+    """from_pretrained returns eval mode, which Lightning keeps: fine-tuning would run without dropout."""
+    sources = [str(pretrained_run / "checkpoints" / "last.ckpt"), str(pretrained_run / "hf"), None]
+    for source in sources:
+        model, _ = load_classifier(source, num_labels=2, dropout=0.2,
+                                   encoder={"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64})
+        assert all(module.training for module in model.modules()), source
+        assert model.config.hidden_dropout_prob == 0.2 and model.config.attention_probs_dropout_prob == 0.2
+
+
+def test_loading_says_what_was_expected_and_warns_only_about_the_rest(pretrained_run, tmp_path, caplog):
+    caplog.set_level("INFO", logger="gm.pretrained")
+    load_classifier(str(pretrained_run / "hf"), num_labels=2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    (line,) = [r.getMessage() for r in caplog.records if "MLM head" in r.getMessage()]
+    assert "is dropped" in line and "classifier" in line and "newly initialised" in line
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(pretrained_run / "hf" / "model.safetensors")
+    extra = copy_export(pretrained_run, tmp_path / "extra")
+    old_buffer = {"bert.embeddings.position_ids": torch.arange(66)[None]}  # saved by older transformers: no warning
+    save_file({**weights, **old_buffer, "something.else": torch.zeros(2)}, extra / "model.safetensors")
+    caplog.clear()
+    load_classifier(str(extra), num_labels=2)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{extra}: 1 unexpected tensor(s) ignored: something.else"]
+    missing = copy_export(pretrained_run, tmp_path / "missing")
+    save_file({k: v for k, v in weights.items() if "layer.0.output.dense" not in k}, missing / "model.safetensors")
+    with pytest.raises(GMError, match=r"missing: 2 encoder weight\(s\) missing from the file \(bert\.encoder\.layer\.0\.output\.dense"):
+        load_classifier(str(missing), num_labels=2)
+
+
+def test_bpe_tokenisers_are_not_supported(tmp_path):
+    bpe = tmp_path / "dnabert2"
+    bpe.mkdir()
+    (bpe / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 4096, "hidden_size": 32}))
+    (bpe / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {
+        "type": "BPE", "vocab": {"[UNK]": 0, "A": 1, "C": 2, "G": 3, "T": 4, "AC": 5}, "merges": ["A C"]}}))
+    with pytest.raises(GMError, match=r"tokenizer\.json: a BPE tokeniser \(DNABERT-2, Nucleotide Transformer.*only DNABERT k-mer"):
+        load_classifier(str(bpe), num_labels=2)
+    (bpe / "tokenizer.json").unlink()  # the same vocabulary saved as a vocab.txt
+    (bpe / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "A", "C", "G", "T", "AC", "TATA"]) + "\n")
+    with pytest.raises(GMError, match=r"vocab\.txt: tokens of 1 to 4 letters, a subword \(BPE\) vocabulary.*only DNABERT k-mer"):
+        load_classifier(str(bpe), num_labels=2)
+
+
+def test_damaged_files_are_one_clear_error(pretrained_run, tmp_path):
+    data = (pretrained_run / "checkpoints" / "last.ckpt").read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(bytes(range(7, 256)) * 40)  # a pickle opcode stream of garbage
+    for path in (truncated, noise):
+        with pytest.raises(GMError, match=rf"{path.name}: cannot read the checkpoint, the file is damaged or incomplete"):
+            load_classifier(str(path), num_labels=2)
+    folder = copy_export(pretrained_run, tmp_path / "hf")
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(GMError, match=r"model\.safetensors: cannot read the weights, the file is damaged or incomplete"):
+        load_classifier(str(folder), num_labels=2)

@@ -123,9 +123,8 @@ def test_single_seed_and_three_class_task(tmp_path):
     assert format_cell(0.5, float("nan")) == "0.500 ± -"
     row = next(csv.DictReader(write_csv(rows, tmp_path / "r.csv").read_text().splitlines()))
     assert row["accuracy_mean"] == "0.61" and row["accuracy_std"] == "" and row["auroc_mean"] == ""
-    (png,) = write_figures(rows, tmp_path, ["auroc"])  # nothing to draw: an empty panel, no crash
-    with Image.open(png) as image:
-        assert image.size[0] > 0
+    assert write_figures(rows, tmp_path, ["auroc"]) == []  # nothing to draw: no empty figure
+    assert not (tmp_path / "results_auroc.png").exists()
 
 
 def test_duplicate_runs_keep_the_newest_and_warn(sweep, caplog):
@@ -275,3 +274,58 @@ def test_cli_writes_comparisons(sweep, tmp_path):
     assert main(["results", str(sweep), "--out", str(tmp_path / "out"), "--compare", "genemask-10k", "random init"]) == 0
     text = (tmp_path / "out" / "comparisons.md").read_text()
     assert "genemask-10k vs random init: accuracy" in text and "genemask-10k vs random init: mcc" in text
+
+
+def test_chance_lines_and_no_panel_without_values(tmp_path, monkeypatch):
+    """Dotted chance line per metric where it is known; a 3-class task gets no AUROC panel; no AUROC at all: no figure."""
+    import gm.plots
+
+    drawn: dict[str, list] = {}  # figure name -> [(panel title, chance line's y or None)] of the visible panels
+    save = gm.plots.save_figure
+
+    def spy(fig, path, *args, **kwargs):
+        drawn[Path(path).name] = [
+            (ax.get_title(), next((line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"), None))
+            for ax in fig.axes if ax.get_visible()]
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(gm.plots, "save_figure", spy)
+    for seed in (0, 1):
+        write_result(tmp_path / "in", "prom_core", 10, seed, "m", "/a/hf", "shipped", label_names=["0", "1"])
+        write_result(tmp_path / "in", "prom_300", 10, seed, "m", "/a/hf", "carved", label_names=["0", "1"])
+        write_result(tmp_path / "in", "splice_40", 10, seed, "m", "/a/hf", "carved", label_names=["EI", "IE", "N"],
+                     metrics={"accuracy": 0.5, "f1_macro": 0.4, "mcc": 0.3, "auroc": None})
+    rows = aggregate(collect([tmp_path / "in"]))
+    written = write_figures(rows, tmp_path / "out")
+    assert [p.name for p in written] == [f"results_{m}.png" for m in METRICS]
+    core, carved, splice = "prom_core", "prom_300 (carved test set)", "splice_40 (carved test set)"
+    # accuracy and macro-F1: 1/C on the carved (class-balanced) test sets; the shipped one's balance is not recorded
+    for metric in ("accuracy", "f1_macro"):
+        assert drawn[f"results_{metric}.png"] == [(core, None), (carved, 0.5), (splice, pytest.approx(1 / 3))]
+    assert drawn["results_mcc.png"] == [(core, 0.0), (carved, 0.0), (splice, 0.0)]
+    assert drawn["results_auroc.png"] == [(core, 0.5), (carved, 0.5)]  # no empty splice_40 panel
+
+    only_three_class = [r for r in rows if r.task == "splice_40"]
+    assert write_figures(only_three_class, tmp_path / "three", ["mcc", "auroc"]) == [tmp_path / "three" / "results_mcc.png"]
+    assert not (tmp_path / "three" / "results_auroc.png").exists()
+
+
+def test_runs_on_different_data_are_never_merged(tmp_path, caplog):
+    """Two custom files both called train.tsv: same task name, shots, model and seed, different data."""
+    hashes = {"a": "a" * 64, "b": "b" * 64}
+    for data, digest in hashes.items():
+        for seed in (0, 1):
+            write_result(tmp_path / data, "train", 10, seed, "m", "/x/hf", "given", data_sha256=digest,
+                         metrics=dict(metric_values("train", 10, "m", seed), accuracy=0.6 if data == "a" else 0.9))
+    write_result(tmp_path / "old", "prom_core", 10, 0, "m", "/x/hf", "shipped")  # no hash: an older results.json
+    write_result(tmp_path / "new", "prom_core", 10, 1, "m", "/x/hf", "shipped", data_sha256="c" * 64)
+    with caplog.at_level(logging.WARNING, logger="gm.results"):
+        rows = aggregate(collect([tmp_path]))
+    by_task = {row.task: row for row in rows}
+    assert set(by_task) == {"prom_core", "train@aaaaaaaa", "train@bbbbbbbb"}
+    assert by_task["train@aaaaaaaa"].mean["accuracy"] == pytest.approx(0.6) and by_task["train@aaaaaaaa"].seeds == [0, 1]
+    assert by_task["train@bbbbbbbb"].mean["accuracy"] == pytest.approx(0.9) and by_task["train@bbbbbbbb"].seeds == [0, 1]
+    assert by_task["prom_core"].seeds == [0, 1]  # one hash and a run without: the same data
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not [w for w in warnings if "keeping the newest" in w]  # no run dropped as a duplicate
+    assert any("2 different data sets" in w and "train@aaaaaaaa" in w for w in warnings)

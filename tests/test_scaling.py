@@ -64,21 +64,23 @@ def test_global_batch_size_sets_accumulation_in_the_composed_config(tmp_path):
     assert compose_train(tmp_path, config_name="finetune").trainer.accumulate_grad_batches == 1
 
 
-def test_launch_id_is_shared_by_every_rank_of_a_launch(monkeypatch):
+def test_launch_id_is_shared_by_every_rank_of_a_launch(monkeypatch, tmp_path):
     for name in ("SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_STEP_ID", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    assert launch_id("2026-01-01_00-00-00") == "2026-01-01_00-00-00"
+    # each call uses its own timestamp: the answer is remembered per (folder, timestamp, ...) for the process
+    assert launch_id(str(tmp_path), "2026-01-01_00-00-00", None, []) == str(tmp_path / "2026-01-01_00-00-00")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert launch_id("t") == "t"  # one task: a timestamp is fine
+    assert launch_id(str(tmp_path), "t1", None, []) == str(tmp_path / "t1")  # one task: a folder of its own
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_STEP_ID", "3")
-    assert launch_id("t") == "slurm-77.3"
+    assert launch_id(str(tmp_path), "t2", None, []) == str(tmp_path / "slurm-77.3")
+    assert launch_id(str(tmp_path), "t3", None, []) == str(tmp_path / "slurm-77.3")  # a rank composing later
     for name in ("SLURM_NTASKS", "SLURM_JOB_ID"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert launch_id("t") == "torchrun-abc"
+    assert launch_id(str(tmp_path), "t4", None, []) == str(tmp_path / "torchrun-abc")
 
 
 # ------------------------------------------------------------------------------------------ launches

@@ -302,3 +302,29 @@ def test_kmer_ids_from_codes():
         tok.token_to_id("ATCGAT"), UNK, UNK,
     ]
     assert tok.kmer_ids_from_codes(codes[:5]).size == 0
+
+
+def mixed_case_kmer_texts(k: int):
+    token = st.one_of(
+        st.text(alphabet="ACGTacgt", min_size=k, max_size=k),
+        st.text(alphabet="ACGTacgtNn", min_size=k, max_size=k),  # n: [UNK] either way
+        st.sampled_from(["[MASK]", "[CLS]", "[UNK]"]),
+    )
+    return st.lists(st.lists(token, max_size=12).map(" ".join), min_size=1, max_size=4)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@pytest.mark.parametrize("k", KS)
+def test_auto_tokenizer_agrees_on_lower_case(hf, k, data):
+    """The exported tokenizer.json upper-cases, as KmerTokenizer does: AutoTokenizer used to map
+    lower-case k-mers to [UNK]. (BertTokenizer.from_pretrained still does: it ignores tokenizer.json's
+    normaliser; the README says to give it upper case.)"""
+    texts = data.draw(mixed_case_kmer_texts(k))
+    directory, _, auto = hf[k]
+    ours = _TOKENIZERS[k].encode_kmer_text(texts)
+    out = auto(texts, padding=True)
+    assert out["input_ids"] == ours.input_ids.tolist()
+    assert out["attention_mask"] == ours.attention_mask.tolist()
+    assert list(out) == ["input_ids", "token_type_ids", "attention_mask"]  # as BertTokenizer returns
+    assert auto(["acgtac"[:k]])["input_ids"][0][1] == _TOKENIZERS[k].token_to_id("ACGTAC"[:k]) != 1

@@ -230,6 +230,26 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_fasta):
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
 
 
+def test_sigterm_exits_non_zero_and_names_the_checkpoint(tmp_path, small_fasta):
+    """A preempted job (SIGTERM) must not look finished to its launcher: exit 143 and say how to resume."""
+    run = tmp_path / "run"
+    env = dict(os.environ, GM_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *TINY, f"data.fasta={small_fasta}", "data.split_block=2000",
+         "trainer.max_steps=100000", "logger=csv", f"hydra.run.dir={run}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(run / "checkpoints" / "step_0000003.ckpt", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "error: training stopped by SIGTERM; resume with ckpt_path=" in err
+    assert "Traceback" not in err
+
+
 def test_ckpt_path_auto_resumes_from_the_run_folder(tmp_path):
     cfg = compose_train(tmp_path, TINY + ["ckpt_path=auto", "logger=csv", "trainer.max_steps=3"])
     assert resume_path(cfg) is None  # nothing there yet: a fresh start
