@@ -3,12 +3,12 @@ masking strategy on one sequence), results (few-shot result tables), motifs (NPM
 motifs), enrichment (class-discriminative k-mers of the tasks against NPMI), curves (pretraining
 curves). ``python analyze.py --help`` lists them.
 
-Thin entry point: the work is in :mod:`gm.analyze`.
+Thin entry point: the work is in :mod:`gm.analysis.cli`.
 """
 
 import sys
 
-from gm.analyze import main
+from gm.analysis.cli import main
 from gm.config import exit_on_user_error
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> object:
 if __name__ == "__main__":
     import sys
 
-    from gm.masking_options import masking_override_error
+    from gm.masking.options import masking_override_error
 
     # `masking.<option>=` that the chosen strategy lacks fails inside Hydra; name the strategies that have it
     if (problem := masking_override_error(sys.argv[1:])) is not None:

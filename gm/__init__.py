@@ -1,8 +1,19 @@
 """GeneMask: NPMI-guided masked-language-model pretraining of DNA models, and few-shot evaluation.
 
-Modules, one concept each: ``tokenizer`` (DNABERT k-mers), ``fasta`` (reading and the 2-bit
-genome cache), ``genome`` (streaming pretraining windows), ``masking`` (strategies),
-``mlm`` (the LightningModule), ``train`` (composition of a run), ``callbacks``, ``config``.
+The package is layered; a module imports only from its own layer and the layers below it, so data
+flows one way (``tests/test_layers.py`` checks it)::
+
+    gm.utils                 errors and atomic writes; imports nothing from gm
+    gm.data                  tokenizer, FASTA reading and the genome cache, pretraining windows, few-shot tasks
+    gm.masking               masking strategies, the NPMI ranking that guides them, their options
+    gm.models                the MLM module, the classifier, loading and exporting pretrained models, FLOPs
+    gm.train, gm.finetune    the two pipelines, and their glue: gm.callbacks, gm.loggers, gm.config
+    gm.analysis, gm.bench, gm.experiments
+                             analyses (``python analyze.py``), benchmarks (``python -m gm.bench``), the
+                             comparison experiment (``python -m gm.experiments.comparison``); these three
+                             do not import one another
+
+``train.py``, ``finetune.py`` and ``analyze.py`` at the repository root are the entry points.
 """
 
 __version__ = "0.1.0"

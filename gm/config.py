@@ -22,6 +22,63 @@ log = logging.getLogger("gm")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: the modules of the flat layout (before ``gm/`` had sub-packages) and the modules their classes live in
+#: now: configs, run folders and checkpoints written then name ``_target_``s such as ``gm.masking.GeneMaskMasking``
+MOVED_MODULES = {
+    "gm.tokenizer": "gm.data.tokenizer",
+    "gm.fasta": "gm.data.fasta",
+    "gm.genome": "gm.data.genome",
+    "gm.fewshot": "gm.data.fewshot",
+    "gm.masking": "gm.masking.strategies",
+    "gm.masking_options": "gm.masking.options",
+    "gm.npmi": "gm.masking.npmi",
+    "gm.mlm": "gm.models.mlm",
+    "gm.classifier": "gm.models.classifier",
+    "gm.pretrained": "gm.models.pretrained",
+    "gm.flops": "gm.models.flops",
+    "gm.results": "gm.analysis.results",
+    "gm.motifs": "gm.analysis.motifs",
+    "gm.enrichment": "gm.analysis.enrichment",
+    "gm.curves": "gm.analysis.curves",
+    "gm.plots": "gm.analysis.plots",
+    "gm.analyze": "gm.analysis.cli",
+    "gm.comparison": "gm.experiments.comparison",
+}
+
+
+def current_target(target: Any) -> Any:
+    """``target`` (a ``_target_``) with a module of the flat layout replaced by its module now; else unchanged."""
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.rpartition(".")
+    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
+
+
+def current_targets(value: Any) -> Any:
+    """Config data (dicts and lists) with every ``_target_`` named as :func:`current_target` names it."""
+    if isinstance(value, dict):
+        return {key: current_target(item) if key == "_target_" else current_targets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [current_targets(item) for item in value]
+    return value
+
+
+def upgrade_targets(cfg: DictConfig) -> None:
+    """Rename, in place, every ``_target_`` of a composed config that names a module of the flat layout.
+
+    A config group written for the flat layout (``_target_: gm.masking.GeneMaskMasking``) then
+    builds the same class, and the run records the current name.
+    """
+    for key in list(cfg.keys()):
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            upgrade_targets(node)
+        elif key == "_target_" and not OmegaConf.is_interpolation(cfg, str(key)):
+            target = cfg[key]
+            if current_target(target) != target:
+                cfg[key] = current_target(target)
+
+
 def wandb_offline() -> bool:
     """W&B goes online only when an account is configured, so a run never blocks on a login prompt."""
     if os.environ.get("WANDB_MODE") in {"offline", "disabled", "dryrun"}:

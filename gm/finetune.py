@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gm.classifier import ClassifierModule
-from gm.fewshot import FewShotDataModule, ShotsUnavailableError
-from gm.pretrained import PretrainedInfo, load_classifier
-from gm.results import model_label
+from gm.config import upgrade_targets
+from gm.data.fewshot import FewShotDataModule, ShotsUnavailableError
+from gm.models.classifier import ClassifierModule
+from gm.models.pretrained import PretrainedInfo, load_classifier, model_label
 from gm.train import finish_wandb, instantiate_group, unless_sigterm
 from gm.utils import GMError, atomic_write_text, remove_stale_temporaries
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def pretrained_label(cfg: DictConfig, info: PretrainedInfo) -> str:
     """The model's name in result tables: ``pretrained_name`` if given, else derived from the source
-    (the same rule :func:`gm.results.model_label` applies), prefixed by its masking strategy when known."""
+    (the same rule :func:`gm.models.pretrained.model_label` applies), prefixed by its masking strategy when known."""
     if cfg.get("pretrained_name"):
         return str(cfg.pretrained_name)
     label = model_label(info.source)
@@ -45,7 +45,8 @@ def data_choice(cfg: DictConfig) -> str:
 
 
 def build_data(cfg: DictConfig, k: int, max_length: int | None = None) -> FewShotDataModule:
-    if cfg.data.get("_target_") != "gm.fewshot.FewShotDataModule":
+    upgrade_targets(cfg)  # a config group written before gm/ had sub-packages
+    if cfg.data.get("_target_") != "gm.data.fewshot.FewShotDataModule":
         raise GMError(f"data={data_choice(cfg)} is not a few-shot task: choose prom_core, prom_300, cohn_enh, splice_40 or custom")
     data = instantiate(cfg.data, k=k, **({"max_length": max_length} if max_length else {}))
     data.setup("fit")

@@ -20,9 +20,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from gm.callbacks import RUN_KEY, AtomicCheckpointIO, ResumableCSVLogger, RunRecord
-from gm.fasta import fetch_target, fingerprint, is_url
-from gm.genome import GenomeDataModule
-from gm.mlm import PRETRAINING_META, MLMModule
+from gm.config import current_targets, upgrade_targets
+from gm.data.fasta import fetch_target, fingerprint, is_url
+from gm.data.genome import GenomeDataModule
+from gm.models.mlm import PRETRAINING_META, MLMModule
 from gm.utils import GMError, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def check_lengths(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     """The data module, model and trainer of a pretraining run, from its composed config."""
-    if cfg.data.get("_target_") != "gm.genome.GenomeDataModule":
+    upgrade_targets(cfg)  # a config group written before gm/ had sub-packages
+    if cfg.data.get("_target_") != "gm.data.genome.GenomeDataModule":
         raise GMError(f"data={cfg.data.get('task', '?')} is a fine-tuning task (finetune.py); pretraining needs a genome: data=genome or data=hg38")
     check_lengths(cfg)
     if cfg.get("seed") is not None:  # 0 is a seed too
@@ -113,7 +115,7 @@ def _choice(group: str) -> str | None:
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """What a checkpoint must share with a run resuming it: data source, masking, model and k.
 
-    The data source is its content (size and hash, :func:`gm.fasta.fingerprint`, as the genome
+    The data source is its content (size and hash, :func:`gm.data.fasta.fingerprint`, as the genome
     cache uses; not its mtime, so a copied or moved genome is the same) where the file is here,
     else its path or URL.
     """
@@ -159,6 +161,9 @@ def resume_differences(checkpoint: dict[str, Any], identity: dict[str, Any], hpa
             "k": hp.get("k"),
         }
         identity = {**identity, "masking": {"name": hparams.get("masking_name"), "config": hparams.get("masking_config")}}
+    # a checkpoint written before gm/ had sub-packages names the same classes by their old modules
+    saved = {**saved, **{what: {**saved[what], "config": current_targets(saved[what].get("config"))}
+                         for what in ("masking", "model") if isinstance(saved.get(what), dict)}}
     found = []
     data_saved, data_now = saved.get("data"), identity["data"]
     if data_saved is not None:

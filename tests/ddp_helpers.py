@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
-import gm.genome
-from gm.genome import GenomeDataModule
+import gm.data.genome
+from gm.data.genome import GenomeDataModule
 
 
 def _tag_worker(make_batch):
@@ -50,7 +50,7 @@ def ddp_epochs(
     # A process started by torch.multiprocessing.spawn inherits "spawn" as its default start method;
     # a rank started as Lightning's DDP does (a fresh interpreter) forks its DataLoader workers.
     multiprocessing.set_start_method("fork", force=True)
-    gm.genome.GenomeWindows.make_batch = _tag_worker(gm.genome.GenomeWindows.make_batch)
+    gm.data.genome.GenomeWindows.make_batch = _tag_worker(gm.data.genome.GenomeWindows.make_batch)
     dist.init_process_group(
         "gloo",
         init_method=f"file://{init_file}",

@@ -1,10 +1,10 @@
 """Plain-loop reference of GeneMask's masking (spec §2, steps 2-4, with the centres given).
 
 Written for reading, not speed: one Python loop over sequences and centres that follows the
-spec's steps literally, so the vectorised :meth:`gm.masking.GeneMaskMasking.plan` can be checked
+spec's steps literally, so the vectorised :meth:`gm.masking.strategies.GeneMaskMasking.plan` can be checked
 against it (``tests/test_genemask.py``) and a benchmark can import it as ``tests.masking_reference``.
 
-Rules fixed here (and documented in ``gm.masking``):
+Rules fixed here (and documented in ``gm.masking.strategies``):
 
 - valid positions are real k-mers, ids >= 5 (not [PAD] [UNK] [CLS] [SEP] [MASK]);
 - the k-span of centre c is c + o for o in -((k-1)//2) .. k//2 ({-2..3} for k=6);
@@ -37,7 +37,7 @@ def rank_by_position(table: Sequence[int]) -> RankFn:
     """The released code: the position index is looked up as if it were a token id.
 
     A position beyond the table is no token at all, so it gets the worst rank, like the special
-    tokens and k-mers absent from the ranking (``gm.npmi.rank_table``'s rule; the worst rank is the
+    tokens and k-mers absent from the ranking (``gm.masking.npmi.rank_table``'s rule; the worst rank is the
     table's largest value).
     """
     worst = max(int(r) for r in table)
@@ -115,7 +115,7 @@ def loop_masking(strategy, input_ids: list[list[int]], seed: int = 0) -> tuple[l
 
     Centres (or BERT's tokens) are drawn per position with :mod:`random`, spans come from the
     loops above, replacement is decided per token (or per run of masked positions with
-    ``replace="span"``). Same distribution as ``gm.masking``, not the same draws: it is the
+    ``replace="span"``). Same distribution as ``gm.masking.strategies``, not the same draws: it is the
     baseline that ``python -m gm.bench`` times the vectorised strategies against.
     """
     import random

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLE_FASTA, run_cli, write_fasta
-from gm.analyze import main
+from gm.analysis.cli import main
 
 
 def test_npmi_command_writes_a_ranking_close_to_the_authors(tmp_path, capsys):
@@ -54,7 +54,7 @@ def test_masks_command_writes_a_png(tmp_path):
 
 
 def test_every_analysis_is_a_command():
-    from gm.analyze import build_parser
+    from gm.analysis.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
     assert set(commands) == {"npmi", "masks", "results", "motifs", "enrichment", "curves"}
@@ -63,7 +63,7 @@ def test_every_analysis_is_a_command():
 def test_no_command_writes_into_tracked_docs_by_default():
     """Default outputs go to the ignored outputs/ folder (or next to the inputs), never over a tracked figure."""
     from conftest import ROOT
-    from gm.analyze import build_parser
+    from gm.analysis.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
     for name, sub in commands.items():

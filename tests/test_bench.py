@@ -1,4 +1,4 @@
-"""gm.bench runs every part with tiny settings and writes sane JSON; gm.flops counts what it says."""
+"""gm.bench runs every part with tiny settings and writes sane JSON; gm.models.flops counts what it says."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForMaskedLM
 
-from gm import bench
-from gm.flops import PEAK_BF16_FLOPS, mfu, peak_flops, training_flops_per_token
+from gm.bench import cli, common, training
+from gm.models.flops import PEAK_BF16_FLOPS, mfu, peak_flops, training_flops_per_token
 
-CAN_READ_PEAK_RSS = bench._reset_peak_rss() and Path("/proc/self/status").is_file()
+CAN_READ_PEAK_RSS = common._reset_peak_rss() and Path("/proc/self/status").is_file()
 
 
 def run_bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
-    assert bench.main([*args, "--repeats", "1", "--json", str(out)]) == 0
+    assert cli.main([*args, "--repeats", "1", "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
 
@@ -109,14 +109,14 @@ def test_gpu_part_on_cuda(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ helpers
 @pytest.mark.skipif(not CAN_READ_PEAK_RSS, reason="needs /proc/self/clear_refs")
 def test_peak_memory_sees_an_allocation_freed_before_it_returns() -> None:
-    seconds, peak, delta = bench.peak_memory(lambda: np.ones(64 * 2**20 // 8).sum())
+    seconds, peak, delta = common.peak_memory(lambda: np.ones(64 * 2**20 // 8).sum())
     assert seconds > 0 and peak > 64 and delta > 48
 
 
 def test_step_clock_needs_a_timed_step() -> None:
     with pytest.raises(ValueError):
-        bench.StepClock(torch.device("cpu"), steps=2, warmup=2)
-    clock = bench.StepClock(torch.device("cpu"), steps=4, warmup=2)
+        common.StepClock(torch.device("cpu"), steps=2, warmup=2)
+    clock = common.StepClock(torch.device("cpu"), steps=4, warmup=2)
     for step in range(4):
         clock.tick(step)
     assert clock.seconds >= 0
@@ -145,10 +145,10 @@ def test_training_flops_match_torch_flop_counter_on_bert() -> None:
 
 
 def test_dnabert_flops_per_token() -> None:
-    dnabert = bench.model_config("dnabert")
-    flops = training_flops_per_token(dnabert, 512, bench.VOCAB_SIZE)
+    dnabert = training.model_config("dnabert")
+    flops = training_flops_per_token(dnabert, 512, common.VOCAB_SIZE)
     assert 5.5e8 < flops < 6.5e8
-    assert training_flops_per_token(dnabert, 512, bench.VOCAB_SIZE, head_on_masked_only=False) > flops
+    assert training_flops_per_token(dnabert, 512, common.VOCAB_SIZE, head_on_masked_only=False) > flops
 
 
 @pytest.mark.parametrize(

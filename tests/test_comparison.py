@@ -1,4 +1,4 @@
-"""The comparison experiment's driver (gm/comparison.py): the real commands, end to end on a tiny
+"""The comparison experiment's driver (gm/experiments/comparison.py): the real commands, end to end on a tiny
 scale, and resuming: a second run starts nothing that finished."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_train
-from gm import comparison
+from gm.experiments import comparison
 
 TINY_PRETRAIN = [
     "model.hidden_size=32", "model.intermediate_size=64", "model.num_attention_heads=2", "model.num_hidden_layers=1",
@@ -55,7 +55,7 @@ def test_dry_run_commands_can_be_pasted_into_a_shell(tmp_path, capsys):
     # pasted as printed (plus --help, which only composes the config): the shell runs it, Hydra accepts every argument
     shown = subprocess.run(lines[0] + " --help", shell=True, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "_target_: gm.masking.BertMasking" in shown.stdout
+    assert "_target_: gm.masking.strategies.BertMasking" in shown.stdout
 
 
 def test_whole_experiment_on_a_tiny_scale_then_resumes(tmp_path, monkeypatch):

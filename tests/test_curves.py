@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from conftest import TINY, compose_train, random_genome, write_fasta
-from gm.curves import add_parser, expand_runs, load_runs, plot_curves, read_metrics, run, smooth, strategy_name
+from gm.analysis.curves import add_parser, expand_runs, load_runs, plot_curves, read_metrics, run, smooth, strategy_name
 from gm.utils import GMError
 
 LABEL = "L2/H32"  # TINY's model: 2 layers, hidden size 32 (not the tiny preset's 64)
@@ -101,10 +101,10 @@ def test_same_labels_get_folder_names(runs, tmp_path):
 
 
 def test_strategy_names():
-    assert strategy_name({"_target_": "gm.masking.BertMasking"}) == "bert"
-    assert strategy_name({"_target_": "gm.masking.RandomSpanMasking"}) == "random_span"
-    assert strategy_name({"_target_": "gm.masking.GeneMaskMasking", "rank_by": "token"}) == "genemask"
-    assert strategy_name({"_target_": "gm.masking.GeneMaskMasking", "rank_by": "position",
+    assert strategy_name({"_target_": "gm.masking.strategies.BertMasking"}) == "bert"
+    assert strategy_name({"_target_": "gm.masking.strategies.RandomSpanMasking"}) == "random_span"
+    assert strategy_name({"_target_": "gm.masking.strategies.GeneMaskMasking", "rank_by": "token"}) == "genemask"
+    assert strategy_name({"_target_": "gm.masking.strategies.GeneMaskMasking", "rank_by": "position",
                           "all_high_if_fewer_than": 9}) == "genemask (released)"
     assert strategy_name(None) is None
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy.stats import false_discovery_control, fisher_exact
 
-from gm.enrichment import (
+from gm.analysis.enrichment import (
     add_parser,
     bh_qvalues,
     compare_ranks,
@@ -24,8 +24,8 @@ from gm.enrichment import (
     run,
     run_enrichment,
 )
-from gm.fewshot import TASKS
-from gm.npmi import AUTHORS_RANKING, ngram_strings
+from gm.data.fewshot import TASKS
+from gm.masking.npmi import AUTHORS_RANKING, ngram_strings
 from gm.utils import GMError
 
 PLANTED = "GATTCA"  # not its own reverse complement (TGAATC)
@@ -112,7 +112,7 @@ def test_fisher_p_values_agree_with_scipy():
 
 
 def test_p_values_of_a_real_task_agree_with_scipy_on_a_sample():
-    from gm.enrichment import load_task
+    from gm.analysis.enrichment import load_task
 
     data = load_task("prom_core")
     result = enrichment(data.sequences, data.labels, data.label_names)
@@ -202,7 +202,7 @@ def test_synthetic_task_end_to_end_reports_the_planted_kmer(tmp_path):
     result = run_enrichment(["prom_core"], AUTHORS_RANKING, tmp_path / "out", data_dir=data)
     top = result["tasks"]["prom_core"]["top"]["1"]
     assert top[0]["kmer"] == PLANTED and top[0]["count_in_class"] == 60 and top[0]["count_rest"] == 0
-    from gm.npmi import read_ranking
+    from gm.masking.npmi import read_ranking
 
     assert top[0]["npmi_rank"] == read_ranking(AUTHORS_RANKING)[PLANTED]
     assert f"`{PLANTED}`" in (tmp_path / "out" / "enrichment_report.md").read_text()

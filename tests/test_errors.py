@@ -121,7 +121,7 @@ def test_user_error_unwraps_a_gmerror_from_omegaconf_and_hydra():
         try:
             raise GMError("data.fasta=x.fa: FASTA file not found")
         except GMError as inner:
-            raise InstantiationException("Error in call to target 'gm.genome.GenomeDataModule':\nfull_key: data") from inner
+            raise InstantiationException("Error in call to target 'gm.data.genome.GenomeDataModule':\nfull_key: data") from inner
     except InstantiationException as outer:
         assert user_error(outer) == "data.fasta=x.fa: FASTA file not found"
     assert user_error(ValueError("a bug")) is None  # bugs keep their traceback

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gm.fasta as fasta_mod
-from gm.fasta import GenomeCache, build_or_load_cache, cache_dir_for, fetch, pack, read_fasta, unpack
+import gm.data.fasta as fasta_mod
+from gm.data.fasta import GenomeCache, build_or_load_cache, cache_dir_for, fetch, pack, read_fasta, unpack
 from gm.utils import GMError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "genome" / "hg38_chr2_1-2333275.fa.gz"
 SAMPLE_LENGTH = 2_333_275
 
-#: the base codes written out by hand (A=0 T=1 C=2 G=3, anything else 4), independent of gm.tokenizer
+#: the base codes written out by hand (A=0 T=1 C=2 G=3, anything else 4), independent of gm.data.tokenizer
 CODE = {"A": 0, "T": 1, "C": 2, "G": 3}
 IUPAC = "NRYKMSWBDHV"
 LETTERS = "ACGTacgt" + IUPAC + IUPAC.lower()
@@ -433,7 +433,7 @@ def test_cache_notices_a_same_size_same_mtime_edit_in_the_middle(tmp_path, monke
     path.write_text(fasta_text([("big", changed)], 100))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
-    with caplog.at_level("WARNING", logger="gm.fasta"):
+    with caplog.at_level("WARNING", logger="gm.data.fasta"):
         new = build_or_load_cache(path, tmp_path / "cache", 5)
     assert "the source file changed since it was built (hash differ); rebuilding it" in caplog.text
     assert old.total_bases == len(seq) and new.total_bases == len(seq) - 500
@@ -470,12 +470,12 @@ def test_damaged_cache_is_rebuilt_not_trusted(tmp_path, caplog, name, damage, wh
     path.write_text(fasta_text(records))
     cache = build_or_load_cache(path, tmp_path / "cache", 4)
     damage(cache.directory / name)
-    with caplog.at_level("WARNING", logger="gm.fasta"):
+    with caplog.at_level("WARNING", logger="gm.data.fasta"):
         again = build_or_load_cache(path, tmp_path / "cache", 4)
     assert re.search(f"genome cache {re.escape(str(cache.directory))}: {why}[^;]*; rebuilding it", caplog.text), caplog.text
     assert_cache_matches(again, records, 4)  # reads every base back: no IndexError, the right bases
     caplog.clear()
-    with caplog.at_level("WARNING", logger="gm.fasta"):
+    with caplog.at_level("WARNING", logger="gm.data.fasta"):
         build_or_load_cache(path, tmp_path / "cache", 4)  # sound again: reused without a word
     assert caplog.text == ""
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gm.fewshot import (
+from gm.data.fewshot import (
     DEFAULT_DATA_DIR,
     TASKS,
     Example,
@@ -22,7 +22,7 @@ from gm.fewshot import (
     make_split,
     read_examples,
 )
-from gm.tokenizer import PAD_ID, KmerTokenizer, kmer_text_to_sequence
+from gm.data.tokenizer import PAD_ID, KmerTokenizer, kmer_text_to_sequence
 from gm.utils import GMError
 
 SHIPPED_SHOTS = [(name, n) for name, spec in TASKS.items() for n in sorted(spec.shot_files)]

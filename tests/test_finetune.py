@@ -150,8 +150,8 @@ def test_a_checkpoint_and_its_export_fine_tune_identically(tmp_path):
 def test_undefined_metrics_are_null_and_chance_stays_zero():
     import torch
 
-    from gm.classifier import ClassifierModule, undefined_metrics
-    from gm.pretrained import load_classifier
+    from gm.models.classifier import ClassifierModule, undefined_metrics
+    from gm.models.pretrained import load_classifier
 
     model, _ = load_classifier(None, 2, encoder={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
     module = ClassifierModule(model, 2)

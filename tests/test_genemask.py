@@ -18,8 +18,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gm.fasta import read_fasta
-from gm.masking import (
+from gm.data.fasta import read_fasta
+from gm.masking.strategies import (
     GeneMaskMasking,
     MaskingStrategy,
     RandomSpanMasking,
@@ -28,8 +28,8 @@ from gm.masking import (
     long_span_offsets,
     run_starts,
 )
-from gm.npmi import AUTHORS_RANKING
-from gm.tokenizer import CODE_TO_BYTE, INVALID_CODE, KmerTokenizer
+from gm.data.tokenizer import CODE_TO_BYTE, INVALID_CODE, KmerTokenizer
+from gm.masking.npmi import AUTHORS_RANKING
 from gm.utils import GMError
 from masking_reference import genemask_reference, rank_by_position, rank_by_token
 from test_masking import SPEC_OFFSETS, check_masked_batch, gen, kmer_span_reference, make_batch
@@ -172,7 +172,7 @@ def test_plan_matches_loop_reference(rankings, case, kind, rank_by, all_high):
         kind = "permutation"  # the shipped ranking has 6-mers only
     path, table = rankings[(k, kind)]
     strategy = masker(path, k, rank_by, all_high)
-    assert strategy.rank_table.tolist() == table  # gm.npmi.rank_table's documented worst-rank rule
+    assert strategy.rank_table.tolist() == table  # gm.masking.npmi.rank_table's documented worst-rank rule
     check_against_reference(strategy, table, ids, centres)
 
     # the whole strategy with its centres fixed: same positions, labels where masked
@@ -576,7 +576,7 @@ def test_shipped_ranking_is_the_default():
 
 def test_loop_masking_baseline_matches_the_strategies_statistics():
     """The benchmark's all-loops baseline masks like the vectorised strategies (same distribution)."""
-    from gm.masking import BertMasking, KmerSpanMasking
+    from gm.masking.strategies import BertMasking, KmerSpanMasking
     from masking_reference import loop_masking
 
     ids = torch.randint(5, 4101, (64, 512))

@@ -14,8 +14,8 @@ import torch
 import torch.multiprocessing as mp
 
 from ddp_helpers import ddp_epochs  # tests/ is on sys.path, for pytest and for spawned processes
-from gm.fasta import build_or_load_cache, fetch
-from gm.genome import (
+from gm.data.fasta import build_or_load_cache, fetch
+from gm.data.genome import (
     GenomeDataModule,
     GenomeWindows,
     Regions,
@@ -25,7 +25,7 @@ from gm.genome import (
     plan_windows,
     split_regions,
 )
-from gm.tokenizer import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
+from gm.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
 from gm.utils import GMError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import torch
 from transformers import BertForMaskedLM
 
 from conftest import TINY, compose_train, random_genome, write_fasta
-from gm.mlm import build_bert_config
-from gm.pretrained import load_classifier
+from gm.models.mlm import build_bert_config
+from gm.models.pretrained import load_classifier
 from gm.train import train
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -73,3 +73,20 @@ def test_old_checkpoint_resumes_without_being_refused(tmp_path):
         cfg.ckpt_path = str(last)
     train(cfg)
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+
+
+def test_a_config_written_for_the_flat_layout_still_builds(tmp_path):
+    """``_target_``s of the flat layout (a user's own config group, an old run's config) name the same classes."""
+    from gm.config import current_target
+    from gm.data.genome import GenomeDataModule
+    from gm.masking.strategies import KmerSpanMasking
+    from gm.train import build
+
+    assert current_target("gm.masking.GeneMaskMasking") == "gm.masking.strategies.GeneMaskMasking"
+    assert current_target("gm.masking.strategies.GeneMaskMasking") == "gm.masking.strategies.GeneMaskMasking"
+    assert current_target("pytorch_lightning.Trainer") == "pytorch_lightning.Trainer"
+    cfg = compose_train(tmp_path, TINY + ["logger=none", "masking._target_=gm.masking.KmerSpanMasking",
+                                          "data._target_=gm.genome.GenomeDataModule"])
+    datamodule, module, _ = build(cfg)
+    assert isinstance(datamodule, GenomeDataModule) and isinstance(module.masking, KmerSpanMasking)
+    assert cfg.masking._target_ == "gm.masking.strategies.KmerSpanMasking"

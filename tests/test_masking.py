@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gm.masking import IGNORE_INDEX, BertMasking, KmerSpanMasking, MaskingStrategy, dilate, kmer_span_offsets
+from gm.masking.strategies import IGNORE_INDEX, BertMasking, KmerSpanMasking, MaskingStrategy, dilate, kmer_span_offsets
 from gm.utils import GMError
 
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -372,7 +372,7 @@ def test_ranking_given_to_kmer_span_names_the_strategies_that_have_it(tmp_path, 
     ],
 )
 def test_masking_override_error_before_hydra(argv, masking):
-    from gm.masking_options import masking_override_error
+    from gm.masking.options import masking_override_error
 
     line = masking_override_error(argv)
     if masking is None:

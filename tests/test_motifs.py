@@ -1,4 +1,4 @@
-"""Motif scoring of k-mers and the top- vs bottom-NPMI tests (gm.motifs, spec §6)."""
+"""Motif scoring of k-mers and the top- vs bottom-NPMI tests (gm.analysis.motifs, spec §6)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.stats import fisher_exact, spearmanr
 
-from gm import motifs as gmm
-from gm.motifs import Motif, load_motifs, log_odds, motif_statistics, read_pfm, relative_score, score_kmers
-from gm.npmi import AUTHORS_RANKING, ngram_strings
+from gm.analysis import motifs as gmm
+from gm.analysis.motifs import Motif, load_motifs, log_odds, motif_statistics, read_pfm, relative_score, score_kmers
+from gm.masking.npmi import AUTHORS_RANKING, ngram_strings
 from gm.utils import GMError
 
 INDEX = {g: i for i, g in enumerate(ngram_strings(6))}

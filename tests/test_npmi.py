@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gm.npmi as npmi
-from gm.npmi import (
+import gm.masking.npmi as npmi
+from gm.masking.npmi import (
     AUTHORS_RANKING,
     NgramCounts,
     Ranking,
@@ -26,7 +26,7 @@ from gm.npmi import (
     segmentation_pmi,
     spearman,
 )
-from gm.tokenizer import sequence_to_codes
+from gm.data.tokenizer import sequence_to_codes
 from gm.utils import GMError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,12 +313,12 @@ def test_read_ranking_accepts_whole_floats_ties_and_case(tmp_path):
 def test_partial_ranking_warns_with_the_share_ranked(tmp_path, caplog):
     path = tmp_path / "ranking.csv"
     path.write_text("ngram,rank\n" + "".join(f"{g},{i + 1}\n" for i, g in enumerate(kmers(6)[:10])))
-    with caplog.at_level("WARNING", logger="gm.npmi"):
+    with caplog.at_level("WARNING", logger="gm.masking.npmi"):
         ranks = read_ranking(path, k=6)
     assert len(ranks) == 10
     assert f"{path}: a partial ranking: it ranks 10 of the 4,096 6-mers (0.2%); the 4,086 it leaves out are unranked" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="gm.npmi"):
+    with caplog.at_level("WARNING", logger="gm.masking.npmi"):
         read_ranking(AUTHORS_RANKING)  # complete: no warning
     assert caplog.text == ""
 
@@ -360,7 +360,7 @@ def test_npmi_refuses_a_genome_that_scores_no_kmer(tmp_path):
 
 def test_npmi_prints_no_spearman_for_a_handful_of_scored_kmers(tmp_path, capsys):
     from conftest import write_fasta
-    from gm.analyze import npmi as npmi_command
+    from gm.analysis.ranking import npmi as npmi_command
 
     genome = write_fasta(tmp_path / "repeat.fa", {"a": "ACGTTG" * 500})  # 6 distinct 6-mers, ~500 times each
     out = tmp_path / "r.csv"
@@ -374,7 +374,7 @@ def test_npmi_prints_no_spearman_for_a_handful_of_scored_kmers(tmp_path, capsys)
 
 def test_npmi_out_that_cannot_be_a_file(tmp_path, capsys):
     """Refused before counting, in one line (a directory used to end in IsADirectoryError)."""
-    from gm.analyze import main
+    from gm.analysis.cli import main
 
     folder = tmp_path / "outputs"
     folder.mkdir()
@@ -412,7 +412,7 @@ def full_disk(monkeypatch) -> None:
 
 def test_npmi_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
     from conftest import write_fasta
-    from gm.analyze import main
+    from gm.analysis.cli import main
 
     genome = write_fasta(tmp_path / "repeat.fa", {"a": "ACGTTG" * 500})
     out = tmp_path / "deep" / "r.csv"

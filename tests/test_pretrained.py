@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import gm.pretrained
+import gm.models.pretrained
 from conftest import TINY, compose_train
-from gm.pretrained import load_classifier
+from gm.models.pretrained import load_classifier
 from gm.train import train
 from gm.utils import GMError
 
@@ -54,7 +54,7 @@ def test_hub_id_goes_through_the_hub_download(pretrained_run, monkeypatch):
         asked.append(repo_id)
         return pretrained_run / "hf"
 
-    monkeypatch.setattr(gm.pretrained, "download_from_hub", fake_download)
+    monkeypatch.setattr(gm.models.pretrained, "download_from_hub", fake_download)
     model, info = load_classifier("zhihan1996/DNA_bert_6", num_labels=2)
     assert asked == ["zhihan1996/DNA_bert_6"]
     assert (info.kind, info.source, info.k) == ("hub", "zhihan1996/DNA_bert_6", 6)
@@ -120,7 +120,7 @@ def test_every_source_fine_tunes_in_training_mode_with_dropout(pretrained_run):
 
 
 def test_loading_says_what_was_expected_and_warns_only_about_the_rest(pretrained_run, tmp_path, caplog):
-    caplog.set_level("INFO", logger="gm.pretrained")
+    caplog.set_level("INFO", logger="gm.models.pretrained")
     load_classifier(str(pretrained_run / "hf"), num_labels=2)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     (line,) = [r.getMessage() for r in caplog.records if "MLM head" in r.getMessage()]

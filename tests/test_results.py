@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gm.analyze import main
-from gm.results import aggregate, collect, format_cell, model_label, to_markdown, write_csv, write_figures
+from gm.analysis.cli import main
+from gm.analysis.results import aggregate, collect, format_cell, model_label, to_markdown, write_csv, write_figures
 from gm.utils import GMError
 
 MODELS = {"genemask-10k": "/runs/pretrain/2024-05-01_12-00-00/hf", None: None}  # name -> pretrained
@@ -134,7 +134,7 @@ def test_duplicate_runs_keep_the_newest_and_warn(sweep, caplog):
                          metrics=better, finished_at="2024-06-02T08:00:00Z")
     older = write_result(sweep / "rerun-old", task, shots, seed, "genemask-10k", MODELS["genemask-10k"], "shipped",
                          metrics=dict(better, accuracy=0.0), finished_at="2024-05-30T08:00:00+02:00")
-    with caplog.at_level(logging.WARNING, logger="gm.results"):
+    with caplog.at_level(logging.WARNING, logger="gm.analysis.results"):
         rows = aggregate(collect([sweep]))
     row = next(r for r in rows if (r.task, r.shots, r.model) == (task, shots, "genemask-10k"))
     assert row.n_seeds == 3
@@ -235,7 +235,7 @@ def test_null_or_nan_metric_is_left_out_and_colliding_labels_warn(tmp_path, capl
     write_result(tmp_path, "prom_core", 10, 0, "m", "/a/hf", "shipped", metrics={"accuracy": 0.5, "f1_macro": 0.5, "mcc": 0.1, "auroc": 0.7})
     path = write_result(tmp_path, "prom_core", 10, 1, "m", "/b/hf", "shipped", metrics={"accuracy": 0.7, "f1_macro": 0.5, "mcc": 0.3})
     path.write_text(path.read_text().replace('"mcc": 0.3', '"mcc": 0.3, "auroc": NaN'))
-    with caplog.at_level(logging.WARNING, logger="gm.results"):
+    with caplog.at_level(logging.WARNING, logger="gm.analysis.results"):
         (row,) = aggregate(collect([tmp_path]))
     assert row.count == {"accuracy": 2, "f1_macro": 2, "mcc": 2, "auroc": 1}
     assert row.mean["auroc"] == 0.7 and math.isnan(row.std["auroc"]) and row.mean["accuracy"] == pytest.approx(0.6)
@@ -245,7 +245,7 @@ def test_null_or_nan_metric_is_left_out_and_colliding_labels_warn(tmp_path, capl
 def test_paired_comparison_matches_a_loop_and_scipy(sweep):
     from scipy.stats import binomtest, wilcoxon
 
-    from gm.results import paired_comparison
+    from gm.analysis.results import paired_comparison
 
     records = collect([sweep])
     result = paired_comparison(records, "genemask-10k", "random init", "mcc")
@@ -278,10 +278,10 @@ def test_cli_writes_comparisons(sweep, tmp_path):
 
 def test_chance_lines_and_no_panel_without_values(tmp_path, monkeypatch):
     """Dotted chance line per metric where it is known; a 3-class task gets no AUROC panel; no AUROC at all: no figure."""
-    import gm.plots
+    import gm.analysis.plots
 
     drawn: dict[str, list] = {}  # figure name -> [(panel title, chance line's y or None)] of the visible panels
-    save = gm.plots.save_figure
+    save = gm.analysis.plots.save_figure
 
     def spy(fig, path, *args, **kwargs):
         drawn[Path(path).name] = [
@@ -289,7 +289,7 @@ def test_chance_lines_and_no_panel_without_values(tmp_path, monkeypatch):
             for ax in fig.axes if ax.get_visible()]
         return save(fig, path, *args, **kwargs)
 
-    monkeypatch.setattr(gm.plots, "save_figure", spy)
+    monkeypatch.setattr(gm.analysis.plots, "save_figure", spy)
     for seed in (0, 1):
         write_result(tmp_path / "in", "prom_core", 10, seed, "m", "/a/hf", "shipped", label_names=["0", "1"])
         write_result(tmp_path / "in", "prom_300", 10, seed, "m", "/a/hf", "carved", label_names=["0", "1"])
@@ -319,7 +319,7 @@ def test_runs_on_different_data_are_never_merged(tmp_path, caplog):
                          metrics=dict(metric_values("train", 10, "m", seed), accuracy=0.6 if data == "a" else 0.9))
     write_result(tmp_path / "old", "prom_core", 10, 0, "m", "/x/hf", "shipped")  # no hash: an older results.json
     write_result(tmp_path / "new", "prom_core", 10, 1, "m", "/x/hf", "shipped", data_sha256="c" * 64)
-    with caplog.at_level(logging.WARNING, logger="gm.results"):
+    with caplog.at_level(logging.WARNING, logger="gm.analysis.results"):
         rows = aggregate(collect([tmp_path]))
     by_task = {row.task: row for row in rows}
     assert set(by_task) == {"prom_core", "train@aaaaaaaa", "train@bbbbbbbb"}

@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gm.tokenizer import KmerTokenizer, kmer_text_to_sequence
+from gm.data.tokenizer import KmerTokenizer, kmer_text_to_sequence
 from gm.utils import GMError
 
 KS = (3, 4, 5, 6)

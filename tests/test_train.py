@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, SAMPLE_FASTA, TINY, compose_train, run_cli, write_fasta
-from gm.mlm import MLMModule
+from gm.models.mlm import MLMModule
 from gm.train import build, resume_path, train
 from gm.utils import GMError
 

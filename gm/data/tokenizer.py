@@ -4,7 +4,7 @@ Token ids follow DNABERT's ``vocab.txt`` exactly (checkpoints depend on it): ids
 ``[PAD] [UNK] [CLS] [SEP] [MASK]``, then all 4**k k-mers in ``itertools.product("ATCG")`` order.
 Because of that order a k-mer's id is ``5 + sum(code_i * 4**(k-1-i))`` with the base codes
 A=0, T=1, C=2, G=3, so encoding is a sliding dot product over a byte array, never a dict lookup.
-The same base codes are used by the genome cache (``gm.genome``), and ``code ^ 1`` is the
+The same base codes are used by the genome cache (``gm.data.genome``), and ``code ^ 1`` is the
 complementary base.
 """
 

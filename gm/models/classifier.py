@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, ConfusionMatrix, F1Score, MatthewsCorrCoef
 from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
 
-from gm.mlm import weight_decay_groups
+from gm.models.mlm import weight_decay_groups
 
 log = logging.getLogger(__name__)
 

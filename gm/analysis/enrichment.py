@@ -7,7 +7,7 @@ the genome-wide NPMI ranking that decides where GeneMask puts its long (2k-1) sp
 Data (one rule for every task): the union of every shipped file of the task, i.e. all training
 files (every shot count, plus Splice-40's dev set) and the shipped test set when there is one
 (Prom-core, Splice-40). Prom-300 and Cohn-enh ship no test file; the carved test sets of
-:mod:`gm.fewshot` are part of their training files, so the union is again the whole task. The
+:mod:`gm.data.fewshot` are part of their training files, so the union is again the whole task. The
 shot files overlap (and a few rows repeat across files), so sequences are de-duplicated; a
 sequence seen with two labels is ambiguous and dropped. This is a description of the task's data,
 not a model evaluation, so using the test rows leaks nothing.
@@ -60,14 +60,14 @@ from typing import Sequence
 
 import numpy as np
 
-from gm.fewshot import DEFAULT_DATA_DIR, TASKS, get_task, read_examples
-from gm.npmi import AUTHORS_RANKING, ngram_strings, read_ranking
-from gm.tokenizer import BYTE_TO_CODE, NUM_SPECIAL, KmerTokenizer
+from gm.data.fewshot import DEFAULT_DATA_DIR, TASKS, get_task, read_examples
+from gm.data.tokenizer import BYTE_TO_CODE, NUM_SPECIAL, KmerTokenizer
+from gm.masking.npmi import AUTHORS_RANKING, ngram_strings, read_ranking
 from gm.utils import GMError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "outputs" / "enrichment"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "outputs" / "enrichment"
 PSEUDOCOUNT = 0.5
 PERMUTATIONS = 2000
 _LOG_TOLERANCE = 1e-7  # relative pmf tolerance for "no more likely than observed" (scipy: 1e-14 on the pmf)
@@ -519,7 +519,7 @@ def _reading(summaries: dict) -> str:
 
 
 def _plot(summaries: dict, details: dict, out: Path) -> Path:
-    from gm.plots import pyplot, save_figure
+    from gm.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     tasks = list(summaries)
@@ -566,7 +566,7 @@ def run_enrichment(tasks: Sequence[str] | None = None, ranking_csv: str | Path |
         raise GMError(f"--top must be at least 1, got {top}")
     if not 0 < q <= 1:
         raise GMError(f"--q must be in (0, 1], got {q}")
-    from gm.analyze import check_output_folder
+    from gm.analysis.cli import check_output_folder
 
     out_dir = check_output_folder(out_dir)
     ranking_csv = Path(ranking_csv or AUTHORS_RANKING)

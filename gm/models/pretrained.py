@@ -4,13 +4,15 @@
 exported by this project, or DNABERT's), a Hugging Face hub id such as ``zhihan1996/DNA_bert_6``
 (downloaded once into the Hugging Face cache), or ``None``: random initialisation, the
 no-pretraining baseline. The tokenizer's k always comes from the model; asking for another k is
-an error, because the embeddings are indexed by DNABERT's k-mer ids.
+an error, because the embeddings are indexed by DNABERT's k-mer ids. :func:`model_label` is the name
+a ``pretrained`` value is reported under (fine-tuning runs and the results tables).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from gm.mlm import PRETRAINING_META, build_bert_config
-from gm.tokenizer import NUM_SPECIAL, KmerTokenizer
+from gm.data.tokenizer import NUM_SPECIAL, KmerTokenizer
+from gm.models.mlm import PRETRAINING_META, build_bert_config
 from gm.utils import GMError
 
 log = logging.getLogger(__name__)
@@ -238,3 +240,42 @@ def load_classifier(
     if str(pretrained).startswith((".", "/", "~")) or str(pretrained).endswith(".ckpt"):
         raise GMError(f"pretrained={pretrained}: no such checkpoint or directory")
     return from_huggingface(download_from_hub(str(pretrained)), num_labels, k, dropout, source=str(pretrained), kind="hub")
+
+
+# ------------------------------------------------------------------------------------------ naming
+#: the label of a randomly initialised model (``pretrained=null``)
+RANDOM_INIT = "random init"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+#: folders inside a pretraining run that hold a model; the label is the run folder's name
+_MODEL_DIRS = ("hf", "checkpoints", "model")
+
+
+def model_label(pretrained: str | None) -> str:
+    """A display label for a ``pretrained`` value that comes without ``pretrained_name``.
+
+    ``None`` is ``"random init"``; a hub id (``owner/name``, not on disk) is itself; a pretraining
+    run's export or checkpoint folder (``<run>/hf``, ``<run>/checkpoints``) is the run folder's name;
+    a checkpoint file is ``<run>/<file stem>`` (``<file stem>`` outside a ``checkpoints`` folder);
+    any other folder is its name. A run folder named by a bare number (a multirun job) keeps its
+    parent's name in front: ``2024-05-01_12-00-00/3``.
+    """
+    if pretrained is None:
+        return RANDOM_INIT
+    text = pretrained.strip().rstrip("/\\") or pretrained
+    path = Path(text).expanduser()
+    if _HUB_ID.match(text) and not path.exists() and not text.startswith("."):
+        return text
+    if path.suffix in _CHECKPOINT_SUFFIXES or path.is_file():
+        if path.parent.name == "checkpoints":
+            return f"{_run_name(path.parent.parent)}/{path.stem}"
+        return path.stem
+    if path.name in _MODEL_DIRS and path.parent.name:
+        return _run_name(path.parent)
+    return path.name or text
+
+
+def _run_name(run: Path) -> str:
+    if run.name.isdigit() and run.parent.name:
+        return f"{run.parent.name}/{run.name}"
+    return run.name or str(run)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gm.masking import (
+from gm.masking.strategies import (
     BertMasking,
     GeneMaskMasking,
     RandomSpanMasking,
@@ -120,16 +120,16 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
 def plot_results(rows, metric: str, out: str | Path, title: str = "") -> Path | None:
     """Few-shot results for one metric: a subplot per task, ``metric`` against shots (log x).
 
-    ``rows`` are :class:`gm.results.ResultRow` (anything with ``task``, ``shots``, ``model``,
+    ``rows`` are :class:`gm.analysis.results.ResultRow` (anything with ``task``, ``shots``, ``model``,
     ``test_source``, ``n_classes``, ``mean`` and ``std``), in the order the tasks should appear. One
     line per pretrained model, in the same colour in every subplot, with error bars of one standard
     deviation over seeds (none for a single seed), nudged sideways so that the bars do not hide
-    each other. A dotted grey line marks chance (:func:`gm.results.chance_level`) where it is
+    each other. A dotted grey line marks chance (:func:`gm.analysis.results.chance_level`) where it is
     known. Subplot titles mark carved (or mixed) test sets. Tasks for which the metric is undefined
     (AUROC of a 3-class task) get no panel, only a note; if no task has a value, nothing is written
     and None is returned.
     """
-    from gm.results import chance_level
+    from gm.analysis.results import chance_level
 
     plt = pyplot()
     from matplotlib.ticker import NullFormatter

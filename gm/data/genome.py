@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gm.fasta import GenomeCache, build_or_load_cache, fetch, fetch_target, is_url, open_fasta, unpack
-from gm.tokenizer import PAD_ID, KmerTokenizer
+from gm.data.fasta import GenomeCache, build_or_load_cache, fetch, fetch_target, is_url, open_fasta, unpack
+from gm.data.tokenizer import PAD_ID, KmerTokenizer
 from gm.utils import GMError
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 GENEMASK_FAMILY = ("genemask", "genemask_position", "genemask_released")
 #: options only the GeneMask strategies have (random_span keeps all_high_if_fewer_than)
 GENEMASK_OPTIONS = ("ranking", "rank_by", "all_high_if_fewer_than")

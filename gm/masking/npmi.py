@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from gm.fasta import read_fasta
-from gm.tokenizer import BASES, INVALID_CODE, NUM_SPECIAL
+from gm.data.fasta import read_fasta
+from gm.data.tokenizer import BASES, INVALID_CODE, NUM_SPECIAL
 from gm.utils import GMError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _CHUNK = 1 << 24
 SCORES = ("discounted", "npmi")
 
 #: the GeneMask authors' ranking of all 4,096 6-mers, shipped with the project
-AUTHORS_RANKING = Path(__file__).resolve().parent.parent / "data" / "npmi" / "genemask_6mer_npmi_ranking.csv"
+AUTHORS_RANKING = Path(__file__).resolve().parents[2] / "data" / "npmi" / "genemask_6mer_npmi_ranking.csv"
 
 
 # ------------------------------------------------------------------------------------------ counting

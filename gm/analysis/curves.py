@@ -34,7 +34,7 @@ from gm.utils import GMError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "outputs" / "curves.png"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "outputs" / "curves.png"
 
 #: (hidden_size, num_hidden_layers) of the shipped model presets
 MODEL_SIZES = {(64, 2): "tiny", (256, 2): "logo", (768, 12): "dnabert"}
@@ -304,7 +304,7 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     Training series are smoothed with a trailing mean of ``smooth_window`` logged points (the raw
     series is drawn faintly behind); validation points are never smoothed.
     """
-    from gm.plots import check_figure_path, pyplot, save_figure
+    from gm.analysis.plots import check_figure_path, pyplot, save_figure
 
     if smooth_window < 1:
         raise GMError(f"--smooth must be at least 1 (1 = no smoothing), got {smooth_window}")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gm.masking_options import option_error
-from gm.tokenizer import MASK_ID, NUM_SPECIAL
+from gm.data.tokenizer import MASK_ID, NUM_SPECIAL
+from gm.masking.options import option_error
 from gm.utils import GMError
 
 IGNORE_INDEX = -100
@@ -228,7 +228,7 @@ class GeneMaskMasking(KmerSpanMasking):
         super().__init__(p_center=p_center, **kwargs)
         if rank_by not in self.rank_modes:
             raise GMError(f"masking.rank_by must be one of {', '.join(self.rank_modes)}, got {rank_by!r}")
-        from gm.npmi import rank_table  # numpy/csv only; keeps masking importable without NPMI data
+        from gm.masking.npmi import rank_table  # numpy/csv only; keeps masking importable without NPMI data
 
         self.rank_by = rank_by
         self.ranking = ranking

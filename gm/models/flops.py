@@ -43,7 +43,7 @@ def training_flops_per_token(
                                                  scores QK^T and values AV: 2 s h each, fwd)
         head  = 6 (h^2 + h V) * (m or 1)        MLM head: transform dense + decoder to the vocabulary
 
-    ``head_on_masked_only`` (our :meth:`gm.mlm.MLMModule.mlm_loss`) runs the head on the masked
+    ``head_on_masked_only`` (our :meth:`gm.models.mlm.MLMModule.mlm_loss`) runs the head on the masked
     share ``m`` of positions; transformers' ``BertForMaskedLM`` runs it on every position (m = 1).
     Biases, LayerNorm, softmax, GELU and embedding look-ups are elementwise or gathers and are not
     counted (under 1% of the total). Divide achieved FLOP/s by a peak to get MFU.

@@ -18,8 +18,8 @@ from torchmetrics import MeanMetric
 from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from gm.masking import MaskedBatch, MaskingStrategy
-from gm.tokenizer import KmerTokenizer, PAD_ID
+from gm.data.tokenizer import KmerTokenizer, PAD_ID
+from gm.masking.strategies import MaskedBatch, MaskingStrategy
 from gm.utils import GMError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def step_seed(*parts: int) -> int:
 
 
 class MLMModule(pl.LightningModule):
-    """BERT MLM with a pluggable :class:`~gm.masking.MaskingStrategy`.
+    """BERT MLM with a pluggable :class:`~gm.masking.strategies.MaskingStrategy`.
 
     Masking happens in the step, on the batch's device. Its randomness and dropout's are seeded
     from the batch's identity: (seed, epoch, global batch index) from the genome data module's

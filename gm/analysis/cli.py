@@ -1,5 +1,9 @@
-"""Analyses behind ``python analyze.py <command>``: npmi, masks, results here; motifs, enrichment and
-curves in their own modules (``MODULE_COMMANDS``); argparse glue at the end."""
+"""The command line behind ``python analyze.py <command>``: the parser, and each command sent to its module.
+
+npmi (:mod:`gm.analysis.ranking`), masks (:mod:`gm.analysis.masks`) and results
+(:mod:`gm.analysis.results`) take their options here; motifs, enrichment and curves add their own
+(``MODULE_COMMANDS``). Also the output checks and default folders the analyses share.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,14 @@ import argparse
 import importlib
 import logging
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+from gm.masking.npmi import SCORES
+from gm.utils import GMError
 
-from gm.npmi import AUTHORS_RANKING, SCORES, count_ngrams, rank_kmers, read_ranking, spearman
-from gm.utils import GMError, check_output_path, writing
+log = logging.getLogger("gm.analysis.cli")
 
-log = logging.getLogger("gm.analyze")
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_FASTA = ROOT / "data" / "genome" / "hg38_chr2_1-2333275.fa.gz"
 #: where analyses write by default: ignored by git, so a default run never overwrites a tracked figure
 OUTPUTS = ROOT / "outputs"
@@ -33,86 +34,9 @@ def check_output_folder(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------ npmi
-#: fewer scored k-mers than this and a rank correlation with the authors' ranking means nothing
-MIN_SPEARMAN_KMERS = 100
-
-
-def npmi(fasta: Path, out: Path, k: int = 6, score: str = "discounted", min_count: int = 101, top: int = 20) -> dict:
-    """Count the n-grams of ``fasta``, rank its k-mers by PMI and write the ranking CSV.
-
-    A genome in which no k-mer is seen ``min_count`` times ranks nothing and is refused. For
-    k = 6 the scored k-mers' ranks are compared with the GeneMask authors' (Spearman), when at
-    least ``MIN_SPEARMAN_KMERS`` are scored; unscored k-mers share the worst rank and are left
-    out of the comparison (their tie says nothing about either ranking).
-    """
-    check_output_path(out)
-    start = time.perf_counter()
-    counts = count_ngrams(fasta, k)
-    seconds = time.perf_counter() - start
-    ranking = rank_kmers(counts, k, score=score, min_count=min_count)
-    scored = np.isfinite(ranking.score)
-    n_scored = int(scored.sum())
-    if n_scored == 0:
-        raise GMError(
-            f"{fasta}: no {k}-mer is seen {min_count} times or more in its {counts.bases:,} bases, so none can be "
-            f"ranked; use a larger genome or lower --min-count"
-        )
-    with writing(out):
-        ranking.write_csv(out)
-    order = np.argsort(ranking.rank, kind="stable")
-    summary = {
-        "fasta": str(fasta),
-        "out": str(out),
-        "bases": counts.bases,
-        "count_seconds": round(seconds, 3),
-        "bases_per_second": counts.bases / seconds,
-        "scored_kmers": n_scored,
-        "spearman_vs_authors": None,
-    }
-    print(f"counted {counts.bases:,} bases in {seconds:.2f} s ({counts.bases / seconds / 1e6:.1f} Mb/s); "
-          f"{n_scored:,} of {4**k:,} {k}-mers seen at least {min_count} times")
-    if n_scored < 4**k:
-        print(f"the other {4**k - n_scored:,} have no score and share the worst rank, {n_scored + 1:,}")
-    print(f"top {min(top, n_scored)} {k}-mers by {score} PMI:")
-    for i in order[: min(top, n_scored)]:
-        print(f"  {ranking.rank[i]:>5}  {ranking.ngram[i]}  count {ranking.count[i]:>9,}  pmi {ranking.pmi[i]:7.3f}  score {ranking.score[i]:7.3f}")
-    if k == 6 and n_scored >= MIN_SPEARMAN_KMERS:
-        authors = read_ranking(AUTHORS_RANKING, 6)
-        theirs = np.array([authors[g] for g in ranking.ngram[scored]])
-        rho = spearman(ranking.rank[scored], theirs)
-        summary["spearman_vs_authors"] = rho
-        print(f"Spearman correlation with the GeneMask authors' ranking: {rho:.3f} (over the {n_scored:,} scored 6-mers)")
-    elif k == 6:
-        print(f"no comparison with the GeneMask authors' ranking: {n_scored} scored 6-mers are too few "
-              f"(at least {MIN_SPEARMAN_KMERS} needed)")
-    print(f"wrote {out}")
-    return summary
-
-
-# ------------------------------------------------------------------------------------------ masks
-def masks(out: Path, fasta: Path = SAMPLE_FASTA, start: int = 1_000_000, n_kmers: int = 96, seed: int = 3) -> Path:
-    """Draw one real sequence masked by every strategy, spans coloured, as a PNG (the README's figure:
-    ``python analyze.py masks --out docs/figures/masks.png``)."""
-    from gm.fasta import read_fasta
-    from gm.plots import check_figure_path, plot_masks
-    from gm.tokenizer import CODE_TO_BYTE, KmerTokenizer
-
-    check_figure_path(out)
-    tokenizer = KmerTokenizer(6)
-    codes = next(iter(read_fasta(fasta, progress=False))).codes
-    window = codes[start : start + n_kmers + 5]
-    if (window == 4).any():
-        raise GMError(f"{fasta}: the window at {start} contains N; choose another --start")
-    sequence = CODE_TO_BYTE[window].tobytes().decode()
-    path = plot_masks(tokenizer.encode(sequence).input_ids, out, seed=seed, title=f"chr2:{start + 1:,}-{start + len(sequence):,}")
-    print(f"wrote {path}")
-    return path
-
-
 # ------------------------------------------------------------------------------------------ CLI
 #: analyses that live in a module of their own, which provides ``add_parser(subparsers)`` and ``run(args)``
-MODULE_COMMANDS = {"motifs": "gm.motifs", "enrichment": "gm.enrichment", "curves": "gm.curves"}
+MODULE_COMMANDS = {"motifs": "gm.analysis.motifs", "enrichment": "gm.analysis.enrichment", "curves": "gm.analysis.curves"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,11 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "npmi":
             out = args.out or ROOT / "outputs" / "npmi" / f"{args.fasta.name.split('.')[0]}.k{args.k}.{args.score}.csv"
+            from gm.analysis.ranking import npmi
+
             npmi(args.fasta, out, args.k, args.score, args.min_count, args.top)
         elif args.command == "masks":
+            from gm.analysis.masks import masks
+
             masks(args.out, start=args.start, n_kmers=args.length, seed=args.seed)
         elif args.command == "results":
-            from gm.results import report
+            from gm.analysis.results import report
 
             if args.out is not None:
                 check_output_folder(args.out)

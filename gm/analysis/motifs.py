@@ -52,12 +52,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from gm.npmi import AUTHORS_RANKING, ngram_strings, read_ranking
+from gm.masking.npmi import AUTHORS_RANKING, ngram_strings, read_ranking
 from gm.utils import GMError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: JASPAR 2022 CORE vertebrates (non-redundant), shipped with the project
 SHIPPED_MOTIFS = ROOT / "data" / "motifs" / "JASPAR2022_CORE_vertebrates.pfm"
 DEFAULT_OUT = ROOT / "outputs" / "motifs"
@@ -295,7 +295,7 @@ def score_kmers(motifs: list[Motif], k: int = 6, pseudocount: float = DEFAULT_PS
     """Best relative score of every k-mer over all motifs, offsets and both strands.
 
     Returns ``(best_score, best_motif_index, best_strand, best_offset)``, each of length 4**k in
-    :func:`gm.npmi.ngram_strings` order; ``best_strand`` is ``+1`` (the k-mer matches the matrix)
+    :func:`gm.masking.npmi.ngram_strings` order; ``best_strand`` is ``+1`` (the k-mer matches the matrix)
     or ``-1`` (its reverse complement does). See the module docstring for offsets, ties and
     ``min_information`` (windows carrying fewer bits are skipped).
     """
@@ -624,7 +624,7 @@ def _report(stats: dict, params: dict, top: list[dict], seconds: float) -> str:
 
 
 def _plot_scatter(ranks: np.ndarray, scores: np.ndarray, threshold: float, path: Path, window: int = 101) -> Path:
-    from gm.plots import pyplot, save_figure
+    from gm.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -651,7 +651,7 @@ def _plot_information(shares: list[dict], top: list[dict], bottom_median: float,
     """Left: share of hits against --min-information, all ranked k-mers and the top-N / bottom-N.
     Right: the top k-mers' hit information (bits of the most informative window each hits), with
     that window's motif: informative matches, or weak windows only?"""
-    from gm.plots import pyplot, save_figure
+    from gm.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(4.5, 0.3 * len(top) + 1.4)),
@@ -705,7 +705,7 @@ def run_motif_analysis(ranking_csv: str | os.PathLike = AUTHORS_RANKING, out_dir
     :func:`motif_statistics` plus ``hit_shares`` (:func:`hit_shares`), ``files``, ``seconds`` and
     ``motifs``.
     """
-    from gm.analyze import check_output_folder
+    from gm.analysis.cli import check_output_folder
 
     start = time.perf_counter()
     out_dir = check_output_folder(out_dir)

@@ -33,9 +33,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from gm.models.pretrained import RANDOM_INIT, model_label
 from gm.utils import GMError, atomic_write_text
 
-log = logging.getLogger("gm.results")
+log = logging.getLogger("gm.analysis.results")
 
 #: every metric a results.json may hold, in report order (AUROC is null for 3-class tasks)
 METRICS = ("accuracy", "f1_macro", "mcc", "auroc")
@@ -44,7 +45,6 @@ REQUIRED_METRICS = ("accuracy", "f1_macro", "mcc")
 #: top-level keys a results.json must hold (``pretrained`` may be null: a randomly initialised model)
 REQUIRED_KEYS = ("task", "shots", "seed", "pretrained", "test_source", "metrics")
 TEST_SOURCES = ("shipped", "carved", "given")  # given: the user's own test file (data=custom)
-RANDOM_INIT = "random init"
 #: the spec's task order (§5); other tasks follow alphabetically
 TASK_ORDER = ("prom_core", "prom_300", "cohn_enh", "splice_40")
 
@@ -52,10 +52,6 @@ CARVED_MARK = "†"
 MIXED_MARK = "‡"
 #: folders that hold no finished results: atomic_directory's temporaries and replaced copies
 _SKIP_DIR = re.compile(r"^\.(tmp|old)-")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
-#: folders inside a pretraining run that hold a model; the label is the run folder's name
-_MODEL_DIRS = ("hf", "checkpoints", "model")
 
 
 # ------------------------------------------------------------------------------------- collect
@@ -151,36 +147,6 @@ def _read_record(path: Path) -> dict:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def model_label(pretrained: str | None) -> str:
-    """A display label for a ``pretrained`` value that comes without ``pretrained_name``.
-
-    ``None`` is ``"random init"``; a hub id (``owner/name``, not on disk) is itself; a pretraining
-    run's export or checkpoint folder (``<run>/hf``, ``<run>/checkpoints``) is the run folder's name;
-    a checkpoint file is ``<run>/<file stem>`` (``<file stem>`` outside a ``checkpoints`` folder);
-    any other folder is its name. A run folder named by a bare number (a multirun job) keeps its
-    parent's name in front: ``2024-05-01_12-00-00/3``.
-    """
-    if pretrained is None:
-        return RANDOM_INIT
-    text = pretrained.strip().rstrip("/\\") or pretrained
-    path = Path(text).expanduser()
-    if _HUB_ID.match(text) and not path.exists() and not text.startswith("."):
-        return text
-    if path.suffix in _CHECKPOINT_SUFFIXES or path.is_file():
-        if path.parent.name == "checkpoints":
-            return f"{_run_name(path.parent.parent)}/{path.stem}"
-        return path.stem
-    if path.name in _MODEL_DIRS and path.parent.name:
-        return _run_name(path.parent)
-    return path.name or text
-
-
-def _run_name(run: Path) -> str:
-    if run.name.isdigit() and run.parent.name:
-        return f"{run.parent.name}/{run.name}"
-    return run.name or str(run)
 
 
 def _parse_time(value: str) -> datetime:
@@ -456,11 +422,11 @@ def chance_level(metric: str, rows: Sequence[ResultRow]) -> float | None:
 
 
 def write_figures(rows: Sequence[ResultRow], out: str | os.PathLike, metrics: Sequence[str] | None = None) -> list[Path]:
-    """One PNG per metric, ``<out>/results_<metric>.png`` (see :func:`gm.plots.plot_results`).
+    """One PNG per metric, ``<out>/results_<metric>.png`` (see :func:`gm.analysis.plots.plot_results`).
 
     A metric no task defines (AUROC of 3-class tasks only) gets no figure, with a note.
     """
-    from gm.plots import plot_results
+    from gm.analysis.plots import plot_results
 
     written = []
     for metric in _used_metrics(rows, metrics):

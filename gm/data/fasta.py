@@ -28,7 +28,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from gm.tokenizer import BYTE_TO_CODE, INVALID_CODE
+from gm.data.tokenizer import BYTE_TO_CODE, INVALID_CODE
 from gm.utils import GMError, atomic_directory, atomic_open, remove_stale_temporaries, write_error
 
 log = logging.getLogger(__name__)

@@ -37,12 +37,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gm.tokenizer import KmerTokenizer
+from gm.data.tokenizer import KmerTokenizer
 from gm.utils import GMError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "fewshot"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "fewshot"
 
 #: Carved test size of custom data without a test file when test_per_class is not given:
 #: this share of the smallest class's distinct sequences, per class.

@@ -1,6 +1,6 @@
 """The paper's comparison in miniature, end to end and resumable (docs/results.md).
 
-    python -m gm.comparison [--out logs/comparison] [--jobs 2] [--launcher slurm] [--dry-run]
+    python -m gm.experiments.comparison [--out logs/comparison] [--jobs 2] [--launcher slurm] [--dry-run]
 
 1. pretrain the same model for the same steps with each masking strategy
    (``conf/experiment/comparison_pretrain.yaml``);
@@ -31,10 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-from gm.mlm import PRETRAINING_META
+from gm.models.mlm import PRETRAINING_META
 from gm.utils import atomic_write_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MASKINGS = ("kmer_span", "genemask", "genemask_position", "random_span", "bert")
 TASKS = ("prom_core", "prom_300", "cohn_enh", "splice_40")
 RANDOM_INIT = "random_init"
@@ -134,7 +134,7 @@ def run_all(commands: list[tuple[str, list[str]]], out: Path, stage: str, jobs: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gm.comparison", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gm.experiments.comparison", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "comparison", help="the experiment's folder")
     parser.add_argument("--maskings", nargs="+", default=list(MASKINGS), choices=list(MASKINGS))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
