@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gm.config import upgrade_targets
-from gm.data.fewshot import FewShotDataModule, ShotsUnavailableError
+from gm.data.fewshot import FewShotDataModule
+from gm.data.splits import ShotsUnavailableError
 from gm.models.classifier import ClassifierModule
 from gm.models.pretrained import PretrainedInfo, load_classifier, model_label
 from gm.train import finish_wandb, instantiate_group, unless_sigterm

@@ -24,7 +24,7 @@ from gm.analysis.enrichment import (
     run,
     run_enrichment,
 )
-from gm.data.fewshot import TASKS
+from gm.data.tasks import TASKS
 from gm.masking.npmi import AUTHORS_RANKING, ngram_strings
 from gm.utils import GMError
 

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from gm.data.fewshot import (
-    DEFAULT_DATA_DIR,
-    TASKS,
-    Example,
-    FewShotDataModule,
-    ShotsUnavailableError,
-    _read_cached,
-    make_split,
-    read_examples,
-)
+from gm.data.fewshot import FewShotDataModule
+from gm.data.labelled import Example, _read_cached, read_examples
+from gm.data.splits import ShotsUnavailableError, make_split
+from gm.data.tasks import DEFAULT_DATA_DIR, TASKS
 from gm.data.tokenizer import PAD_ID, KmerTokenizer, kmer_text_to_sequence
 from gm.utils import GMError
 

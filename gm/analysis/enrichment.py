@@ -7,7 +7,7 @@ the genome-wide NPMI ranking that decides where GeneMask puts its long (2k-1) sp
 Data (one rule for every task): the union of every shipped file of the task, i.e. all training
 files (every shot count, plus Splice-40's dev set) and the shipped test set when there is one
 (Prom-core, Splice-40). Prom-300 and Cohn-enh ship no test file; the carved test sets of
-:mod:`gm.data.fewshot` are part of their training files, so the union is again the whole task. The
+:mod:`gm.data.splits` are part of their training files, so the union is again the whole task. The
 shot files overlap (and a few rows repeat across files), so sequences are de-duplicated; a
 sequence seen with two labels is ambiguous and dropped. This is a description of the task's data,
 not a model evaluation, so using the test rows leaks nothing.
@@ -60,7 +60,8 @@ from typing import Sequence
 
 import numpy as np
 
-from gm.data.fewshot import DEFAULT_DATA_DIR, TASKS, get_task, read_examples
+from gm.data.labelled import read_examples
+from gm.data.tasks import DEFAULT_DATA_DIR, TASKS, get_task
 from gm.data.tokenizer import BYTE_TO_CODE, NUM_SPECIAL, KmerTokenizer
 from gm.masking.npmi import AUTHORS_RANKING, ngram_strings, read_ranking
 from gm.utils import GMError, atomic_write_text
