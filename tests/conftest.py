@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import subprocess
@@ -42,6 +43,22 @@ TINY = [
     "callbacks.progress_bar.refresh_rate=0",
     "export_hf=false",
 ]
+
+
+class FullDiskFile:
+    """Wraps a file handle whose writes fail as on a full disk: OSError 28, naming no file."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    def __enter__(self) -> "FullDiskFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+    def write(self, data) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def write_fasta(path: Path, records: dict[str, str], width: int = 60) -> Path:

@@ -546,28 +546,16 @@ def test_unwritable_cache_folder_for_real(tmp_path):
 def test_full_disk_names_the_cache_being_written(tmp_path, monkeypatch):
     """errno 28 names no file: the line names the cache, and the half-built cache is removed."""
     import builtins
-    import errno
+
+    from conftest import FullDiskFile
 
     path = tmp_path / "g.fa"
     path.write_text(fasta_text(random_records(np.random.default_rng(3), [50_000], "ACGT")))
     real_open = builtins.open
 
-    class FullDisk:
-        def __init__(self, handle):
-            self.handle = handle
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     def open_(file, mode="r", *args, **kwargs):  # the 2-bit bases are written through open(.., "wb")
         handle = real_open(file, mode, *args, **kwargs)
-        return FullDisk(handle) if str(file).endswith("bases.2bit") else handle
+        return FullDiskFile(handle) if str(file).endswith("bases.2bit") else handle
 
     monkeypatch.setattr(fasta_mod, "open", open_, raising=False)
     root = tmp_path / "cache"

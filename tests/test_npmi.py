@@ -389,25 +389,13 @@ def test_npmi_out_that_cannot_be_a_file(tmp_path, capsys):
 def full_disk(monkeypatch) -> None:
     """Make every file that gm.utils.atomic_open writes fail as a full disk does: OSError 28,
     naming no file."""
-    import errno
     import os
+
+    from conftest import FullDiskFile
 
     real_fdopen = os.fdopen
 
-    class FullDisk:
-        def __init__(self, handle):
-            self.handle = handle
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real_fdopen(fd, *args, **kwargs)))
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: FullDiskFile(real_fdopen(fd, *args, **kwargs)))
 
 
 def test_npmi_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
