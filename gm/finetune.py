@@ -19,7 +19,7 @@ from gm.data.fewshot import FewShotDataModule
 from gm.data.splits import ShotsUnavailableError
 from gm.models.classifier import ClassifierModule
 from gm.models.pretrained import PretrainedInfo, load_classifier, model_label
-from gm.train import finish_wandb, instantiate_group, unless_sigterm
+from gm.train import config_choice, finish_wandb, instantiate_group, unless_sigterm
 from gm.utils import GMError, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,7 @@ def pretrained_label(cfg: DictConfig, info: PretrainedInfo) -> str:
 
 def data_choice(cfg: DictConfig) -> str:
     """The ``data=`` option the user chose (Hydra's choice), else what the data config says it is."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choice = HydraConfig.get().runtime.choices.get("data")
-    except ValueError:  # composed without Hydra's runtime config (a notebook)
-        choice = None
-    return str(choice or cfg.data.get("task") or cfg.data.get("fasta") or cfg.data.get("_target_") or "?")
+    return str(config_choice("data") or cfg.data.get("task") or cfg.data.get("fasta") or cfg.data.get("_target_") or "?")
 
 
 def build_data(cfg: DictConfig, k: int, max_length: int | None = None) -> FewShotDataModule:

@@ -104,7 +104,7 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def _choice(group: str) -> str | None:
+def config_choice(group: str) -> str | None:
     """The config group option a run was composed with (``genemask``, ``logo``), when Hydra knows it."""
     if not HydraConfig.initialized():
         return None
@@ -127,8 +127,8 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         content = {"size": source["size"], "hash": source["hash"]}
     return {
         "data": {"fasta": fasta, "content": content},
-        "masking": {"name": _choice("masking"), "config": OmegaConf.to_container(cfg.masking, resolve=True)},
-        "model": {"name": _choice("model"), "config": OmegaConf.to_container(cfg.model, resolve=True)},
+        "masking": {"name": config_choice("masking"), "config": OmegaConf.to_container(cfg.masking, resolve=True)},
+        "model": {"name": config_choice("model"), "config": OmegaConf.to_container(cfg.model, resolve=True)},
         "k": int(cfg.k),
     }
 
@@ -285,7 +285,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if ckpt_path and "Error(s) in loading state_dict" in str(err):
                 lines = [line.strip() for line in str(err).splitlines() if line.strip().startswith("size mismatch")]
                 raise GMError(
-                    f"cannot resume {ckpt_path}: its weights do not fit model={_choice('model') or 'this model'} "
+                    f"cannot resume {ckpt_path}: its weights do not fit model={config_choice('model') or 'this model'} "
                     f"({len(lines)} tensors differ in size, e.g. {lines[0] if lines else str(err).splitlines()[0]})"
                 ) from None
             raise
