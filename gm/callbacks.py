@@ -52,7 +52,8 @@ class StepCheckpoint(ModelCheckpoint):
     """Periodic checkpoints plus one at the end of training, whatever ``max_steps`` is.
 
     Lightning's ``ModelCheckpoint`` with ``every_n_train_steps`` misses the final weights when the
-    run ends between two periodic saves; a finished run should always leave them.
+    run ends between two periodic saves; a finished run should always leave them. A periodic save
+    at a step that validates is made after the validation (the final step's before it).
 
     A resumed run continues in its own folder, so it writes ``last.ckpt`` and ``step_*.ckpt``
     again, not ``last-v1.ckpt`` beside them (Lightning's version counter, which it applies
@@ -63,6 +64,12 @@ class StepCheckpoint(ModelCheckpoint):
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if self._periodic_save_due(trainer) and self._validates_now(trainer) and not 0 < trainer.max_steps <= trainer.global_step:
+            # this step validates next: save after its validation (Lightning's own deferral), so the
+            # checkpoint holds what the validation decided (CM-GEMS's switch). Saved before it, a
+            # resumed run would skip that validation: Lightning counts it as done
+            self._defer_save_until_validation = True
+            return
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         if 0 < trainer.max_steps <= trainer.global_step:
             # the final step: saved here, before its validation, like the periodic checkpoints. Saved
@@ -73,6 +80,19 @@ class StepCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._save_final(trainer)  # a run that ended another way (max_epochs, a stop signal)
+
+    def _periodic_save_due(self, trainer: pl.Trainer) -> bool:
+        every = self._every_n_train_steps
+        return every >= 1 and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer)
+
+    @staticmethod
+    def _validates_now(trainer: pl.Trainer) -> bool:
+        """Whether Lightning runs validation right after this training batch."""
+        loop = trainer.fit_loop.epoch_loop
+        if not loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return False
+        loop.val_loop.setup_data()  # what the validation would do first (once per fit)
+        return not loop.val_loop.skip  # no validation data, or limit_val_batches=0
 
     def _save_final(self, trainer: pl.Trainer) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:

@@ -43,6 +43,35 @@ def check_lengths(cfg: DictConfig) -> None:
         )
 
 
+def check_validation_for_schedule(cfg: DictConfig, masking: Any) -> None:
+    """Refuse a schedule that switches on validation (CM-GEMS) in a run that cannot validate often enough.
+
+    The released code then trains on silently without ever switching.
+    """
+    if not getattr(masking, "needs_validation", False):
+        return
+    name = config_choice("masking") or getattr(masking, "name", "the masking")
+    need = f"masking={name} switches when consecutive validation perplexities differ by less than masking.tau"
+    trainer = cfg.trainer
+    if float(cfg.data.get("val_fraction", 0.1) or 0) <= 0:
+        raise GMError(f"{need}, but data.val_fraction=0 holds out no validation data; set data.val_fraction>0 (e.g. 0.1)")
+    limit = trainer.get("limit_val_batches", 1.0)
+    if limit is not None and float(limit) == 0:
+        raise GMError(f"{need}, but trainer.limit_val_batches=0 turns validation off; set it above 0")
+    interval, max_steps = trainer.get("val_check_interval"), int(trainer.get("max_steps") or -1)
+    if isinstance(interval, int) and not isinstance(interval, bool) and max_steps > 0:
+        accumulate = int(trainer.get("accumulate_grad_batches") or 1)
+        # validations after micro-batches interval, 2*interval, ... that come before the last optimiser step
+        before_end = max(0, -(-max_steps * accumulate // interval) - 1)
+        points = before_end + (1 if getattr(masking, "validate_at_start", False) else 0)
+        if points < 2:
+            raise GMError(
+                f"{need}, but with trainer.max_steps={max_steps} and trainer.val_check_interval={interval} "
+                f"(training batches) this run validates {before_end} time(s) before its last step, too few to ever "
+                f"switch; lower trainer.val_check_interval (the paper: every 500 of 10,000 steps)"
+            )
+
+
 def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
     """The data module, model and trainer of a pretraining run, from its composed config."""
     upgrade_targets(cfg)  # a config group written before gm/ had sub-packages
@@ -53,6 +82,7 @@ def build(cfg: DictConfig) -> tuple[GenomeDataModule, MLMModule, pl.Trainer]:
         pl.seed_everything(int(cfg.seed), workers=True)
     datamodule: GenomeDataModule = instantiate(cfg.data)
     masking = instantiate(cfg.masking, k=cfg.k)
+    check_validation_for_schedule(cfg, masking)
     encoder = OmegaConf.to_container(cfg.model, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)  # plain types: checkpoints load with weights_only
     compile_options = cfg.get("compile") or False

@@ -9,12 +9,15 @@ Rules fixed here (and documented in ``gm.masking.strategies``):
 - valid positions are real k-mers, ids >= 5 (not [PAD] [UNK] [CLS] [SEP] [MASK]);
 - the k-span of centre c is c + o for o in -((k-1)//2) .. k//2 ({-2..3} for k=6);
 - score(c) = the lowest rank among the valid tokens of the k-span, best(c) = the position holding
-  it; ties go to the leftmost position;
+  it; ties go to the leftmost position (``ties="centre"``: to the centre, then the leftmost);
 - the high set is the ceil(m/2) centres with the lowest scores (ties: leftmost centre first); with
   ``all_high_if_fewer_than`` = t > 0, a sequence with m < t centres puts every centre in it
   (the released code's rule, t = 9);
 - every centre masks its k-span; a high centre also masks best(c)-(k-1) .. best(c)+(k-1);
   everything clipped to valid positions.
+
+Global-PMI (:func:`global_pmi_reference`): per row, m = the number of draws; the m valid positions
+with the lowest rank (ties: leftmost) each mask c-(k-1) .. c+(k-1), clipped to valid positions.
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ def rank_by_token(table: Sequence[int], input_ids: list[list[int]]) -> RankFn:
     return lambda row, position: int(table[input_ids[row][position]])
 
 
-def rank_by_position(table: Sequence[int]) -> RankFn:
+def rank_by_position(table: Sequence[int], worst: int | None = None) -> RankFn:
     """The released code: the position index is looked up as if it were a token id.
 
     A position beyond the table is no token at all, so it gets the worst rank, like the special
     tokens and k-mers absent from the ranking (``gm.masking.npmi.rank_table``'s rule; the worst rank is the
     table's largest value).
     """
-    worst = max(int(r) for r in table)
+    worst = max(int(r) for r in table) if worst is None else worst
     return lambda row, position: int(table[position]) if position < len(table) else worst
 
 
@@ -50,6 +53,7 @@ def genemask_reference(
     rank: Union[RankFn, Sequence[int]],
     k: int,
     all_high_if_fewer_than: int = 0,
+    ties: str = "leftmost",
 ) -> tuple[list[list[bool]], list[list[bool]], list[list[int | None]]]:
     """``(masked, high, best)`` for every row; ``best[b][c]`` is None where c is not a centre.
 
@@ -77,11 +81,12 @@ def genemask_reference(
         row_centres = [c for c in range(length) if centres[b][c]]
         assert all(valid[c] for c in row_centres), "a centre must be a valid position"
 
-        # step 2: each centre's score and best(c), ties -> leftmost position
+        # step 2: each centre's score and best(c), ties -> leftmost position (or the centre first)
         score = {}
+        scan = sorted(span_offsets, key=lambda o: o != 0) if ties == "centre" else list(span_offsets)
         for c in row_centres:
             best_rank, best_position = None, None
-            for o in span_offsets:
+            for o in scan:
                 p = c + o
                 if 0 <= p < length and valid[p]:
                     r = rank(b, p)
@@ -110,6 +115,43 @@ def genemask_reference(
     return masked, high, best
 
 
+def global_pmi_reference(
+    input_ids: list[list[int]], draws: list[list[bool]], rank: Union[RankFn, Sequence[int]], k: int
+) -> tuple[list[list[bool]], list[list[bool]]]:
+    """``(masked, chosen)`` of Global-PMI for every row: as many spans as draws, around the best-ranked
+    valid positions (ties: leftmost), each c-(k-1) .. c+(k-1) clipped to valid positions."""
+    if not callable(rank):
+        rank = rank_by_token(rank, input_ids)
+    masked, chosen = [], []
+    for b, row in enumerate(input_ids):
+        length = len(row)
+        valid = [token >= NUM_SPECIAL for token in row]
+        m = sum(1 for p in range(length) if draws[b][p] and valid[p])
+        candidates = sorted((rank(b, p), p) for p in range(length) if valid[p])
+        row_chosen = [False] * length
+        row_masked = [False] * length
+        for _, c in candidates[:m]:
+            row_chosen[c] = True
+            for o in range(-(k - 1), k):
+                if 0 <= c + o < length and valid[c + o]:
+                    row_masked[c + o] = True
+        masked.append(row_masked)
+        chosen.append(row_chosen)
+    return masked, chosen
+
+
+def strategy_rank(strategy, input_ids: list[list[int]], rng) -> RankFn:
+    """The rank function an NPMI-ranked strategy uses, in plain Python (random: one draw per token)."""
+    if strategy.rank_by == "random":
+        scores = [[rng.random() for _ in row] for row in input_ids]
+        return lambda row, position: scores[row][position]
+    table = [int(r) for r in strategy.rank_table]
+    worst = max(table)  # a position beyond the vocabulary: worst, whatever the special ids rank
+    if strategy.special_rank == "best":
+        table[:NUM_SPECIAL] = [0] * NUM_SPECIAL  # the released code: special ids read rank 0
+    return rank_by_token(table, input_ids) if strategy.rank_by == "token" else rank_by_position(table, worst)
+
+
 def loop_masking(strategy, input_ids: list[list[int]], seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
     """A whole masking strategy in plain loops: ``(masked input ids, labels)``.
 
@@ -135,16 +177,11 @@ def loop_masking(strategy, input_ids: list[list[int]], seed: int = 0) -> tuple[l
                         for o in range(-((k - 1) // 2), k // 2 + 1):
                             if 0 <= c + o < len(row) and valid[b][c + o]:
                                 masked[b][c + o] = True
+        elif name == "global_pmi":
+            masked = global_pmi_reference(input_ids, centres, strategy_rank(strategy, input_ids, rng), k)[0]
         else:
-            table = [int(r) for r in strategy.rank_table] if strategy.rank_table is not None else None
-            if strategy.rank_by == "token":
-                rank = rank_by_token(table, input_ids)
-            elif strategy.rank_by == "position":
-                rank = rank_by_position(table)
-            else:
-                scores = [[rng.random() for _ in row] for row in input_ids]
-                rank = lambda row, position: scores[row][position]  # noqa: E731
-            masked = genemask_reference(input_ids, centres, rank, k, strategy.all_high_if_fewer_than)[0]
+            rank = strategy_rank(strategy, input_ids, rng)
+            masked = genemask_reference(input_ids, centres, rank, k, strategy.all_high_if_fewer_than, strategy.ties)[0]
 
     out = [list(row) for row in input_ids]
     labels = [[-100] * len(row) for row in input_ids]

@@ -31,8 +31,8 @@ def test_experiment_configs_compose(tmp_path):
 def test_dry_run_lists_every_command(tmp_path, capsys):
     assert comparison.main(["--out", str(tmp_path), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("train.py -m experiment=comparison_pretrain") == 5
-    assert printed.count("finetune.py -m experiment=comparison_finetune") == 6 * 4
+    assert printed.count("train.py -m experiment=comparison_pretrain") == 8
+    assert printed.count("finetune.py -m experiment=comparison_finetune") == 9 * 4  # 8 pretrained + random init
     assert "pretrained=null model=tiny pretrained_name=random_init" in printed
     assert not (tmp_path / "compute.json").exists()
 
@@ -98,3 +98,13 @@ def test_an_interrupted_pretraining_is_continued_not_restarted(tmp_path, monkeyp
     assert json.loads((run / "hf" / "gm_pretraining.json").read_text())["pretrain_steps"] == 4
     log = (out / "console" / "pretrain-bert.log").read_text()
     assert "ckpt_path=auto: resuming from" in log
+
+
+def test_the_successors_strategies_are_compared_by_default(tmp_path, capsys):
+    """Global-PMI, CM-STEP and CM-GEMS are pretrained beside the 2023 strategies, and paired in the reading."""
+    out = tmp_path / "exp"
+    assert comparison.main(["--out", str(out), "--dry-run", "--tasks", "splice_40", "--stages", "pretrain"]) == 0
+    printed = capsys.readouterr().out
+    for masking in ("global_pmi", "cm_step", "cm_gems", "genemask", "kmer_span"):
+        assert f"masking={masking} " in printed
+    assert ("cm_gems", "genemask") in comparison.COMPARISONS and "genemask_released" in comparison.MASKING_CHOICES

@@ -106,7 +106,24 @@ def test_strategy_names():
     assert strategy_name({"_target_": "gm.masking.strategies.GeneMaskMasking", "rank_by": "token"}) == "genemask"
     assert strategy_name({"_target_": "gm.masking.strategies.GeneMaskMasking", "rank_by": "position",
                           "all_high_if_fewer_than": 9}) == "genemask (released)"
+    assert strategy_name({"_target_": "gm.masking.strategies.GlobalPMIMasking"}) == "global_pmi"
+    assert strategy_name({"_target_": "gm.masking.strategies.GlobalPMIMasking", "rank_by": "position"}) == "global_pmi (position)"
+    assert strategy_name({"_target_": "gm.masking.schedules.StepCurriculum", "first": {}, "second": {}}) == "cm_step"
+    assert strategy_name({"_target_": "gm.masking.schedules.PlateauSwitch", "tau": 1.0}) == "cm_gems"
     assert strategy_name(None) is None
+
+
+def test_a_cm_gems_run_shows_its_phase_and_switch(runs, tmp_path):
+    """A real CM-GEMS run that switches after its first validation: the phase panel, and the switch step."""
+    from gm.train import train
+
+    cfg = compose_train(tmp_path / "gems", TINY + ["masking=cm_gems", "masking.tau=1e9", "logger=csv", "trainer.max_steps=6",
+                                                   "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=100"])
+    train(cfg)
+    result = plot_curves([tmp_path / "gems" / "run", runs["genemask"]], tmp_path / "curves.png")
+    assert "masking phase" in result["panels"]
+    assert [r["switch_step"] for r in result["runs"]] == [2.0, None]  # phase 1 from step 2, after the validation at step 2
+    assert result["runs"][0]["label"] == f"cm_gems, {LABEL}"
 
 
 def test_read_metrics_handles_empty_cells_and_repeated_steps(tmp_path):

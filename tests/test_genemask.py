@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import itertools
 import math
 import re
@@ -32,6 +33,7 @@ from gm.data.tokenizer import CODE_TO_BYTE, INVALID_CODE, KmerTokenizer
 from gm.masking.npmi import AUTHORS_RANKING
 from gm.utils import GMError
 from masking_reference import genemask_reference, rank_by_position, rank_by_token
+from released_reference import genemask_released_reference
 from test_masking import SPEC_OFFSETS, check_masked_batch, gen, kmer_span_reference, make_batch
 
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -100,13 +102,27 @@ def rankings(tmp_path_factory) -> dict[tuple[int, str], tuple[str | None, list[i
 _MASKERS: dict[tuple, GeneMaskMasking] = {}
 
 
-def masker(ranking: str | None, k: int, rank_by: str, all_high_if_fewer_than: int) -> GeneMaskMasking:
-    key = (ranking, k, rank_by, all_high_if_fewer_than)
+def masker(
+    ranking: str | None, k: int, rank_by: str, all_high_if_fewer_than: int, special_rank: str = "worst", ties: str = "leftmost"
+) -> GeneMaskMasking:
+    key = (ranking, k, rank_by, all_high_if_fewer_than, special_rank, ties)
     if key not in _MASKERS:  # reading a ranking CSV once per configuration is enough
         _MASKERS[key] = GeneMaskMasking(
-            k=k, ranking=ranking, rank_by=rank_by, all_high_if_fewer_than=all_high_if_fewer_than
+            k=k, ranking=ranking, rank_by=rank_by, all_high_if_fewer_than=all_high_if_fewer_than,
+            special_rank=special_rank, ties=ties,
         )
     return _MASKERS[key]
+
+
+def reference_rank(strategy, table: list[int], ids: list[list[int]]):
+    """The loop reference's rank function for a strategy's settings, from the expected ``table``:
+    with ``special_rank="best"`` the special ids 0-4 rank 0 (what only rank_by=position looks up);
+    a position beyond the vocabulary stays the worst."""
+    if strategy.rank_by == "token":
+        return rank_by_token(table, ids)
+    if strategy.special_rank == "best":
+        return rank_by_position([0] * 5 + list(table[5:]), worst=max(table))
+    return rank_by_position(table)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -143,14 +159,29 @@ def real_batch() -> tuple[list[str], torch.Tensor]:
     return sequences, KmerTokenizer(6).encode(sequences).input_ids
 
 
+@functools.lru_cache(maxsize=1)
+def released_rows() -> torch.Tensor:
+    """640 rows of the shipped chr2 sample as the released code saw them (512 positions: [CLS],
+    510 6-mers, [SEP]); every 8th row is cut to 20-400 bases, so the batch is padded."""
+    rng = np.random.default_rng(7)
+    sequences = [s if i % 8 else s[: int(rng.integers(20, 401))] for i, s in enumerate(real_windows(640, seed=3))]
+    return KmerTokenizer(6).encode(sequences).input_ids
+
+
+def released_kmer_ranks(strategy: GeneMaskMasking) -> dict[int, int]:
+    """The released rank dict, keyed by k-mer id: every k-mer of the shipped ranking (all 4096)."""
+    table = strategy.rank_table.tolist()
+    return {token: table[token] for token in range(5, len(table))}
+
+
 def check_against_reference(
     strategy: GeneMaskMasking, table: list[int], ids: torch.Tensor, centres: torch.Tensor
 ) -> None:
     valid = MaskingStrategy.valid_positions(ids)
     masked, high, best = strategy.plan(ids, valid, centres)
-    rank = rank_by_token(table, ids.tolist()) if strategy.rank_by == "token" else rank_by_position(table)
     ref_masked, ref_high, ref_best = genemask_reference(
-        ids.tolist(), centres.tolist(), rank, strategy.k, strategy.all_high_if_fewer_than
+        ids.tolist(), centres.tolist(), reference_rank(strategy, table, ids.tolist()), strategy.k,
+        strategy.all_high_if_fewer_than, strategy.ties,
     )
     assert masked.tolist() == ref_masked
     assert high.tolist() == ref_high
@@ -165,13 +196,15 @@ def check_against_reference(
     kind=st.sampled_from(RANKING_KINDS + ("default",)),
     rank_by=st.sampled_from(["token", "position"]),
     all_high=st.sampled_from([0, 9]),
+    special_rank=st.sampled_from(["worst", "best"]),
+    ties=st.sampled_from(["leftmost", "centre"]),
 )
-def test_plan_matches_loop_reference(rankings, case, kind, rank_by, all_high):
+def test_plan_matches_loop_reference(rankings, case, kind, rank_by, all_high, special_rank, ties):
     k, ids, centres, seed = case
     if kind == "default" and k != 6:
         kind = "permutation"  # the shipped ranking has 6-mers only
     path, table = rankings[(k, kind)]
-    strategy = masker(path, k, rank_by, all_high)
+    strategy = masker(path, k, rank_by, all_high, special_rank, ties)
     assert strategy.rank_table.tolist() == table  # gm.masking.npmi.rank_table's documented worst-rank rule
     check_against_reference(strategy, table, ids, centres)
 
@@ -180,8 +213,7 @@ def test_plan_matches_loop_reference(rankings, case, kind, rank_by, all_high):
     fixed.centres = lambda input_ids, valid, generator: centres
     out = fixed(ids, gen(seed))
     ref_masked = torch.tensor(genemask_reference(
-        ids.tolist(), centres.tolist(),
-        rank_by_token(table, ids.tolist()) if rank_by == "token" else rank_by_position(table), k, all_high,
+        ids.tolist(), centres.tolist(), reference_rank(strategy, table, ids.tolist()), k, all_high, ties
     )[0], dtype=torch.bool).reshape(ids.shape)
     assert torch.equal(out.masked, ref_masked)
     check_masked_batch(strategy, ids, out)
@@ -276,7 +308,9 @@ def test_random_span_choice_is_random():
 STRATEGIES = {
     "genemask": lambda **kw: GeneMaskMasking(**kw),
     "genemask_position": lambda **kw: GeneMaskMasking(rank_by="position", **kw),
-    "genemask_released": lambda **kw: GeneMaskMasking(rank_by="position", all_high_if_fewer_than=9, **kw),
+    "genemask_released": lambda **kw: GeneMaskMasking(
+        rank_by="position", all_high_if_fewer_than=9, special_rank="best", ties="centre", **kw
+    ),
     "random_span": lambda **kw: RandomSpanMasking(**kw),
 }
 
@@ -463,6 +497,76 @@ def test_released_rule_only_changes_rows_with_fewer_than_9_centres(real_batch):
                 assert torch.equal(released[0][row] | paper[0][row], released[0][row])
                 if m >= 2:
                     assert not torch.equal(paper[1][row], released[1][row])
+
+
+# ------------------------------------------------------------------------------------------ the released code
+def test_genemask_released_masks_what_the_released_code_masks():
+    """Same centres (p = 0.15 / 8.5) on 640 real rows: genemask_released masks exactly what a
+    transcription of the released mask_tokens masks (tests/released_reference.py).
+
+    The settings before special_rank/ties existed (positions 1-4 ranked worst, leftmost ties)
+    differ on rows with a centre whose k-span reaches positions 1-4 (a centre at <= 6): there the
+    released code ranks those positions best, so the centre gets a long span near the start and a
+    high-set place (which can push another centre of the row out of the high set)."""
+    ids = released_rows()
+    valid = ids >= 5
+    released = GeneMaskMasking(rank_by="position", all_high_if_fewer_than=9, special_rank="best", ties="centre")
+    centres = released.centres(ids, valid, gen(11))
+    reference = torch.tensor(genemask_released_reference(ids.tolist(), centres.tolist(), released_kmer_ranks(released)))
+    agree = (released.plan(ids, valid, centres)[0] == reference).all(dim=1)
+    print(f"genemask_released vs the released code: {int(agree.sum())}/640 rows agree")
+    assert bool(agree.all())
+
+    old = GeneMaskMasking(rank_by="position", all_high_if_fewer_than=9)  # special_rank worst, leftmost ties
+    differs = (old.plan(ids, valid, centres)[0] != reference).any(dim=1)
+    near_start = centres[:, :7].any(dim=1)
+    print(f"old settings (special_rank=worst, ties=leftmost): {640 - int(differs.sum())}/640 rows agree; "
+          f"{int(near_start.sum())} rows have a centre at <= 6")
+    assert 0 < int(differs.sum()) and not (differs & ~near_start).any()
+    # special_rank=best alone is not enough: the released scan gives ties among positions 1-4 to the centre
+    best_only = GeneMaskMasking(rank_by="position", all_high_if_fewer_than=9, special_rank="best")
+    differs_ties = (best_only.plan(ids, valid, centres)[0] != reference).any(dim=1)
+    print(f"special_rank=best, ties=leftmost: {640 - int(differs_ties.sum())}/640 rows agree")
+    assert 0 < int(differs_ties.sum()) and not (differs_ties & ~centres[:, 1:5].any(dim=1)).any()
+
+
+def test_centre_tie_rule_by_hand():
+    """Position-ranked, positions 1-4 best (rank 0): a centre at 3 keeps itself as best(c) under
+    ties=centre (the released scan), the leftmost position 1 under ties=leftmost; a centre at 6,
+    whose own rank is not best, gets its leftmost best neighbour 4 either way."""
+    ids = KmerTokenizer(6).encode(["ACGTTGCAACGTAGCATCGATCAGT"]).input_ids  # 20 6-mers
+    centres = torch.zeros_like(ids, dtype=torch.bool)
+    centres[0, [3, 6]] = True
+    plans = {
+        ties: GeneMaskMasking(rank_by="position", special_rank="best", ties=ties).plan(ids, ids >= 5, centres)
+        for ties in ("leftmost", "centre")
+    }
+    assert plans["leftmost"][2][0, [3, 6]].tolist() == [1, 4]
+    assert plans["centre"][2][0, [3, 6]].tolist() == [3, 4]
+    # ceil(2/2) = 1 high centre, both score 0: the leftmost centre, 3; its long span around best(c)
+    for ties, best in (("leftmost", 1), ("centre", 3)):
+        masked, high, _ = plans[ties]
+        assert torch.nonzero(high[0]).flatten().tolist() == [3]
+        spans = set(range(1, 6)) | set(range(4, 10)) | set(range(max(1, best - 5), best + 6))
+        assert torch.nonzero(masked[0]).flatten().tolist() == sorted(spans)
+    with pytest.raises(GMError, match="masking.ties must be one of leftmost, centre, got 'right'"):
+        GeneMaskMasking(ties="right")
+    with pytest.raises(GMError, match="masking.special_rank must be one of worst, best, got 'zero'"):
+        GeneMaskMasking(special_rank="zero")
+
+
+def test_released_config_has_the_released_settings(tmp_path):
+    from hydra.utils import instantiate
+
+    from conftest import compose_train
+
+    for name, expected in {
+        "genemask": ("token", "worst", "leftmost", 0),
+        "genemask_position": ("position", "worst", "leftmost", 0),
+        "genemask_released": ("position", "best", "centre", 9),
+    }.items():
+        strategy = instantiate(compose_train(tmp_path, [f"masking={name}", "logger=none"]).masking, k=6)
+        assert (strategy.rank_by, strategy.special_rank, strategy.ties, strategy.all_high_if_fewer_than) == expected, name
 
 
 # ------------------------------------------------------------------------------------------ replacement

@@ -326,8 +326,8 @@ def test_runs_on_device(name, device):
 
 # ------------------------------------------------------------------------------------------ options given to the wrong strategy
 GENEMASK_ONLY_LINE = (
-    "masking.ranking is an option of the genemask strategies (masking=genemask, genemask_position, "
-    "genemask_released); kmer_span has no ranking: choose one of those, e.g. masking=genemask masking.ranking=…"
+    "masking.ranking is an option of the NPMI-ranked strategies (masking=genemask, genemask_position, "
+    "genemask_released, global_pmi); kmer_span has no ranking: choose one of those, e.g. masking=genemask masking.ranking=…"
 )
 
 
@@ -365,6 +365,9 @@ def test_ranking_given_to_kmer_span_names_the_strategies_that_have_it(tmp_path, 
         (["masking=genemask_released", "masking.rank_by=token"], None),  # inherited from genemask.yaml
         (["experiment=genemask_dnabert", "masking.ranking=mine.csv"], None),
         (["masking=random_span", "masking.all_high_if_fewer_than=9"], None),
+        (["masking=global_pmi", "masking.ranking=mine.csv"], None),
+        (["masking=global_pmi", "masking.special_rank=best"], None),
+        (["masking=genemask_released", "masking.ties=leftmost"], None),  # inherited from genemask.yaml
         (["+masking.ranking=mine.csv"], None),  # adds the key on purpose: the strategy refuses it itself
         (["masking=nope", "masking.ranking=mine.csv"], None),  # Hydra lists the valid strategies
         (["--config-name", "other", "masking.ranking=mine.csv"], None),
@@ -381,6 +384,10 @@ def test_masking_override_error_before_hydra(argv, masking):
         assert line == GENEMASK_ONLY_LINE.replace("kmer_span", masking).replace("masking.ranking", argv[-1].split("=")[0]).replace(
             "no ranking", f"no {argv[-1].split('=')[0].split('.')[1]}"
         )
+    assert masking_override_error(["masking=global_pmi", "masking.ties=centre"]) == (
+        "masking.ties is an option of the genemask strategies (masking=genemask, genemask_position, genemask_released); "
+        "global_pmi has no ties: choose one of those, e.g. masking=genemask masking.ties=…"
+    )
     assert masking_override_error(["masking=bert", "masking.p_center=0.1"]) == (
         "masking.p_center is not an option of masking=bert (its options: mask_token_prob, mlm_probability, random_token_prob)"
     )

@@ -152,7 +152,7 @@ def test_compile_switch_trains_the_same_model(tmp_path, options):
     ).hparams.compile
 
 
-@pytest.mark.parametrize("masking", ["genemask", "genemask_released", "random_span"])
+@pytest.mark.parametrize("masking", ["genemask", "genemask_released", "random_span", "global_pmi"])
 def test_genemask_strategies_train(tmp_path, masking):
     cfg = compose_train(tmp_path, TINY + [f"masking={masking}", "logger=csv", "trainer.max_steps=6"])
     metrics = train(cfg)

@@ -45,6 +45,8 @@ PANELS: list[tuple[str, list[tuple[str, str]], str]] = [
     ("masked-token accuracy", [("train/accuracy", "-"), ("val/accuracy", "--")], "accuracy (train solid, val dashed)"),
     ("masked fraction", [("train/masked_fraction", "-"), ("val/masked_fraction", "--")], "share of k-mers masked"),
     ("validation loss", [("val/loss", "-o")], "MLM loss"),
+    # masking schedules: CM-STEP's Global-PMI probability, CM-GEMS's 0 -> 1 switch (a dotted line on every panel)
+    ("masking phase", [("train/masking_phase", "-")], "0 = first strategy, 1 = second"),
 ]
 
 
@@ -213,7 +215,8 @@ def strategy_name(masking: dict[str, Any] | None) -> str | None:
     if not isinstance(masking, dict) or not masking.get("_target_"):
         return None
     cls = str(masking["_target_"]).rsplit(".", 1)[-1]
-    names = {"BertMasking": "bert", "KmerSpanMasking": "kmer_span", "RandomSpanMasking": "random_span"}
+    names = {"BertMasking": "bert", "KmerSpanMasking": "kmer_span", "RandomSpanMasking": "random_span",
+             "StepCurriculum": "cm_step", "PlateauSwitch": "cm_gems"}
     if cls in names:
         return names[cls]
     if cls == "GeneMaskMasking":
@@ -222,8 +225,20 @@ def strategy_name(masking: dict[str, Any] | None) -> str | None:
         if rank_by == "position" and _number(all_high) > 0:
             return "genemask (released)"
         return "genemask" if rank_by == "token" else f"genemask ({rank_by})"
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.removesuffix("Masking")).lower()
+    if cls == "GlobalPMIMasking":
+        rank_by = str(masking.get("rank_by", "token"))
+        return "global_pmi" if rank_by == "token" else f"global_pmi ({rank_by})"
+    snake = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", cls.removesuffix("Masking")).lower()
     return snake or cls
+
+
+def switch_step(run: Run) -> float | None:
+    """The step at which a CM-GEMS run's ``train/masking_phase`` jumps to 1 (None: no such jump)."""
+    if "train/masking_phase" not in run.metrics:
+        return None
+    steps, phase = run.metrics["train/masking_phase"]
+    jumps = np.flatnonzero((phase[1:] >= 1) & (phase[1:] - phase[:-1] > 0.5))
+    return float(steps[jumps[0] + 1]) if jumps.size else None
 
 
 def _number(value: Any) -> float:
@@ -337,6 +352,10 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
                 (line,) = ax.plot(steps, values, style.replace("o", ""), color=colour, linewidth=1.5,
                                   marker=marker, markersize=3.5)
                 handles.setdefault(run.label, line)
+        for index, run in enumerate(runs):  # where a CM-GEMS run switched to its second strategy
+            switched = switch_step(run)
+            if switched is not None:
+                ax.axvline(switched, color=colours[index % len(colours)], linestyle=":", linewidth=1.2)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=8)
@@ -344,6 +363,8 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     note = f" (train series: trailing mean of {smooth_window} points)" if smooth_window > 1 else ""
+    if any(switch_step(r) is not None for r in runs):
+        note += "; dotted: a masking switch"
     fig.suptitle((title or "pretraining curves") + note, fontsize=11)
     fig.tight_layout()
     # below the panels; save_figure's tight bounding box keeps it in the PNG
@@ -352,7 +373,7 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     path = save_figure(fig, out)
     plt.close(fig)
     return {"out": str(path), "runs": [{"folder": str(r.folder), "metrics_csv": str(r.metrics_csv), "label": r.label,
-                                        "metrics": sorted(r.metrics),
+                                        "metrics": sorted(r.metrics), "switch_step": switch_step(r),
                                         "last_step": max((int(s[-1]) for s, _ in r.metrics.values()), default=None)}
                                        for r in runs],
             "panels": [t for t, _, _ in panels]}

@@ -10,6 +10,7 @@ import torch
 from gm.masking.strategies import (
     BertMasking,
     GeneMaskMasking,
+    GlobalPMIMasking,
     RandomSpanMasking,
     dilate,
     kmer_span_offsets,
@@ -58,9 +59,10 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
     """One sequence masked by each strategy, from the same mask centres where strategies share them.
 
     Rows: BERT (independent tokens), DNABERT's k-mer spans, GeneMask ranked by token NPMI (the
-    paper), GeneMask ranked by position (the released code), and the random-span control. Blue is
-    a centre's k-span, orange the extra (2k-1)-span of a high-set centre; dots mark centres and
-    triangles the best k-mer that anchors a long span. Centres are drawn more densely than in
+    paper), GeneMask ranked by position (the released code), the random-span control, and
+    Global-PMI (as many (2k-1)-spans as centres, around the best-NPMI k-mers; the centres themselves
+    are not masked). Blue is a centre's k-span, orange a (2k-1)-span; dots mark centres and
+    triangles the k-mer that anchors a long span. Centres are drawn more densely than in
     training (``p_center``) so that one short sequence shows several.
     """
     plt = pyplot()
@@ -78,7 +80,7 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
     rows.append(("kmer_span (DNABERT): k-span per centre", kspan[0].numpy().astype(int), centres[0].numpy(), none))
     strategies = [
         ("genemask: token NPMI (paper)", GeneMaskMasking()),
-        ("genemask: position-ranked (released code)", GeneMaskMasking(rank_by="position")),
+        ("genemask_position: ranked by position (released lookup)", GeneMaskMasking(rank_by="position")),
         ("random_span: random long spans (control)", RandomSpanMasking()),
     ]
     for label, strategy in strategies:
@@ -87,6 +89,8 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
         anchors = np.zeros(ids.shape[1], dtype=bool)
         anchors[best[0][high[0]].numpy()] = True
         rows.append((label, state, centres[0].numpy(), anchors))
+    masked, chosen = GlobalPMIMasking().plan(ids, valid, centres)
+    rows.append(("global_pmi: as many long spans, best NPMI", np.where(masked[0].numpy(), 2, 0), none, chosen[0].numpy()))
 
     length = ids.shape[1]
     fig, axes = plt.subplots(len(rows) + 1, 1, figsize=(14, 0.55 * (len(rows) + 1) + 1.2), sharex=True)
@@ -103,12 +107,13 @@ def plot_masks(input_ids: torch.Tensor, out: str | Path, seed: int = 3, p_center
     ranks = GeneMaskMasking().rank_table[ids[0]].numpy().astype(float)
     ranks[~valid[0].numpy()] = np.nan
     axes[-1].imshow(ranks[None, :], cmap="viridis_r", aspect="auto", interpolation="nearest", vmin=1, vmax=4096)
-    axes[-1].set_yticks([0], ["NPMI rank of each 6-mer (dark = high NPMI)"])
+    axes[-1].set_yticks([0], ["NPMI rank of each 6-mer (bright = high NPMI, rank 1)"])
     axes[-1].set_xlabel("token position ([CLS] = 0)")
     fig.suptitle(title or "masking strategies on one sequence", fontsize=10)
     fig.text(
         0.01, -0.04,
-        "blue: k-span of a centre (dots)   orange: (2k-1)-span around the best k-mer (triangles) of a high-set centre   "
+        "blue: k-span of a centre (dots)   orange: (2k-1)-span around the best k-mer (triangles) of a high-set centre "
+        "(global_pmi: of a chosen k-mer)   "
         f"centres drawn with p={p_center} for legibility",
         fontsize=7,
     )

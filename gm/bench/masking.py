@@ -15,7 +15,7 @@ from gm.data.tokenizer import INVALID_CODE, KmerTokenizer
 
 
 def _masking_strategies() -> dict[str, object]:
-    from gm.masking.strategies import BertMasking, GeneMaskMasking, KmerSpanMasking, RandomSpanMasking
+    from gm.masking.strategies import BertMasking, GeneMaskMasking, GlobalPMIMasking, KmerSpanMasking, RandomSpanMasking
 
     return {
         "bert": BertMasking(),
@@ -24,6 +24,8 @@ def _masking_strategies() -> dict[str, object]:
         "genemask_position": GeneMaskMasking(rank_by="position"),
         "random_span": RandomSpanMasking(),
         "genemask_span_replace": GeneMaskMasking(replace="span"),
+        "global_pmi": GlobalPMIMasking(),
+        "global_pmi_position": GlobalPMIMasking(rank_by="position"),
     }
 
 
@@ -75,7 +77,7 @@ def bench_step_share(args: argparse.Namespace) -> list[dict]:
     for model in ("tiny", "logo"):
         encoder = model_config(model)
         for name, strategy in _masking_strategies().items():
-            if name not in ("kmer_span", "genemask"):
+            if name not in ("kmer_span", "genemask", "global_pmi"):
                 continue
             module = MLMModule(encoder, strategy)
             optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
@@ -91,6 +93,39 @@ def bench_step_share(args: argparse.Namespace) -> list[dict]:
                     float("nan"), "masking / whole training step", "-", t["step"])
             r["step_seconds"], r["mask_seconds"] = t["step"].seconds, t["mask"].seconds
             rows.append(r)
+        rows += _schedule_step_share(encoder, model, batch, generator, args.repeats)
+    return rows
+
+
+def _schedule_step_share(encoder: dict, model: str, batch: dict, generator: torch.Generator, repeats: int) -> list[dict]:
+    """The schedules' share of a step: the per-batch pick (a host-side seeded draw) plus the picked
+    strategy's masking, at step 50 of 100 (CM-STEP's q = 0.5: both strategies in turn)."""
+    from gm.masking.schedules import PlateauSwitch, StepCurriculum
+    from gm.masking.strategies import GeneMaskMasking, GlobalPMIMasking, KmerSpanMasking
+    from gm.models.mlm import MLMModule, step_seed
+
+    rows = []
+    schedules = {"cm_step": StepCurriculum(KmerSpanMasking(), GlobalPMIMasking()),
+                 "cm_gems": PlateauSwitch(GeneMaskMasking(), GlobalPMIMasking())}
+    for name, schedule in schedules.items():
+        module = MLMModule(encoder, schedule)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        counter = iter(range(1 << 30))
+
+        def pick_and_mask():
+            draw = step_seed(0, 5, 0, 0, next(counter)) / 2.0**63  # what MLMModule.training_strategy draws
+            return module.mask(batch, generator, schedule.strategy_for(50, 100, draw))
+
+        def step() -> None:
+            module.mlm_loss(pick_and_mask(), batch["attention_mask"])["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        t = side_by_side({"mask": pick_and_mask, "step": step}, max(2, repeats // 2))
+        r = row("step", f"{model}, batch 10 x 512, {name} (pick + masking)", "share", t["mask"].seconds / t["step"].seconds,
+                float("nan"), "schedule pick + masking / whole training step", "-", t["step"])
+        r["step_seconds"], r["mask_seconds"] = t["step"].seconds, t["mask"].seconds
+        rows.append(r)
     return rows
 
 

@@ -35,7 +35,10 @@ from gm.models.mlm import PRETRAINING_META
 from gm.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-MASKINGS = ("kmer_span", "genemask", "genemask_position", "random_span", "bert")
+#: the strategies compared by default: the 2023 paper's, its controls, and the 2024 successor's (Global-PMI, CM-STEP, CM-GEMS)
+MASKINGS = ("kmer_span", "genemask", "genemask_position", "random_span", "bert", "global_pmi", "cm_step", "cm_gems")
+#: any of these can be chosen with --maskings
+MASKING_CHOICES = (*MASKINGS, "genemask_released")
 TASKS = ("prom_core", "prom_300", "cohn_enh", "splice_40")
 RANDOM_INIT = "random_init"
 #: the paired comparisons the reading needs: the claim, its two controls, and pretraining at all
@@ -44,6 +47,9 @@ COMPARISONS = (
     ("genemask", "genemask_position"),
     ("genemask", "random_span"),
     ("genemask", "bert"),
+    ("cm_gems", "genemask"),  # the successor's claims: its curricula beat GeneMask and DNABERT at the same steps
+    ("cm_step", "kmer_span"),
+    ("global_pmi", "genemask"),
     ("kmer_span", RANDOM_INIT),
     ("genemask", RANDOM_INIT),
 )
@@ -136,7 +142,7 @@ def run_all(commands: list[tuple[str, list[str]]], out: Path, stage: str, jobs: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gm.experiments.comparison", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "comparison", help="the experiment's folder")
-    parser.add_argument("--maskings", nargs="+", default=list(MASKINGS), choices=list(MASKINGS))
+    parser.add_argument("--maskings", nargs="+", default=list(MASKINGS), choices=list(MASKING_CHOICES))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--shots", nargs="+", type=int, default=[10, 50, 100])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -2,7 +2,7 @@
 
 Kept free of torch, so an entry point can check its command line before Hydra runs: Hydra refuses
 ``masking.ranking=…`` with the default ``kmer_span`` and advises ``+masking.ranking=…``, which
-then fails too. The option belongs to the GeneMask strategies; this says so.
+then fails too. The option belongs to the GeneMask (or NPMI-ranked) strategies; this says so.
 """
 
 from __future__ import annotations
@@ -14,15 +14,25 @@ from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GENEMASK_FAMILY = ("genemask", "genemask_position", "genemask_released")
-#: options only the GeneMask strategies have (random_span keeps all_high_if_fewer_than)
-GENEMASK_OPTIONS = ("ranking", "rank_by", "all_high_if_fewer_than")
+#: the strategies that rank positions by NPMI (gm.masking.strategies.NPMIRankedMasking)
+NPMI_RANKED = GENEMASK_FAMILY + ("global_pmi",)
+#: options only some strategies have -> (what to call them, their masking= names);
+#: random_span keeps all_high_if_fewer_than and ties, with random ranks
+OPTION_OWNERS = {
+    "ranking": ("NPMI-ranked", NPMI_RANKED),
+    "rank_by": ("NPMI-ranked", NPMI_RANKED),
+    "special_rank": ("NPMI-ranked", NPMI_RANKED),
+    "all_high_if_fewer_than": ("genemask", GENEMASK_FAMILY),
+    "ties": ("genemask", GENEMASK_FAMILY),
+}
 
 
 def option_error(masking: str, option: str, options: Iterable[str] = ()) -> str:
     """The line for ``masking.<option>`` given to a strategy that has no such option."""
-    if option in GENEMASK_OPTIONS:
+    if option in OPTION_OWNERS:
+        family, owners = OPTION_OWNERS[option]
         return (
-            f"masking.{option} is an option of the genemask strategies (masking={', '.join(GENEMASK_FAMILY)}); "
+            f"masking.{option} is an option of the {family} strategies (masking={', '.join(owners)}); "
             f"{masking} has no {option}: choose one of those, e.g. masking=genemask masking.{option}=…"
         )
     known = ", ".join(sorted(options))
@@ -43,7 +53,9 @@ def masking_keys(name: str) -> set[str] | None:
         return None
     keys = {str(key) for key in OmegaConf.load(path) if key != "defaults"}
     for entry in _defaults(path):
-        if isinstance(entry, str) and entry != "_self_":
+        if isinstance(entry, str) and "@" in entry:  # a schedule's strategy: genemask@first -> masking.first
+            keys.add(entry.split("@", 1)[1])
+        elif isinstance(entry, str) and entry != "_self_":
             keys |= masking_keys(entry) or set()
     return keys
 
@@ -86,5 +98,5 @@ def masking_override_error(argv: Sequence[str]) -> str | None:
             return None  # an unknown strategy: Hydra lists the valid ones
         for option in options:
             if option.split(".")[0] not in keys:
-                return option_error(masking, option.split(".")[0], keys - {"_target_"})
+                return option_error(masking, option.split(".")[0], {key for key in keys if not key.startswith("_")})
     return None

@@ -195,44 +195,33 @@ def long_span_offsets(k: int) -> range:
     return range(-(k - 1), k)
 
 
-class GeneMaskMasking(KmerSpanMasking):
-    """GeneMask (Roy et al. 2023): NPMI-guided span masking, spec §2.
+class NPMIRankedMasking(KmerSpanMasking):
+    """Shared by the strategies that rank positions by NPMI: the rank table and the scores.
 
-    1. centres: each valid position with ``p_center`` (0.15 / 8.5: half the centres mask 6 tokens,
-       half 11, so ~15% of tokens);
-    2. each centre's score is the best (lowest) NPMI rank among the valid tokens of its k-span;
-       ``best(c)`` is the position holding it (ties: the leftmost);
-    3. per sequence, the ceil(m/2) centres with the best scores form the high set (ties: leftmost
-       centre first);
-    4. every centre masks its k-span; a high-set centre also masks the 2k-1 span around
-       ``best(c)``, which hides every base of that k-mer from the unmasked neighbours.
-
-    ``rank_by``: ``token`` (the paper), ``position`` (the released code, which ranks the position
+    ``rank_by``: ``token`` (the papers), ``position`` (the released code, which ranks the position
     index as if it were a token id, so the choice ignores the sequence; a position beyond the
-    vocabulary gets the worst rank), or ``random`` (a random
-    score per token: same span-length mix, no NPMI). ``all_high_if_fewer_than=9`` reproduces the
-    released code's rule that a sequence with fewer than 9 centres puts every centre in the high set.
+    vocabulary gets the worst rank), or ``random`` (a random score per token: a control without
+    NPMI). ``special_rank``: the rank of the special tokens' ids 0-4, which only ``rank_by=position``
+    looks up (positions 1-4 hold real k-mers): ``worst`` (ours) or ``best`` (the released GeneMask
+    code, whose rank table was a ``defaultdict(int)``: the missing special tokens rank 0).
     """
 
-    name = "genemask"
     rank_modes = ("token", "position", "random")
+    special_modes = ("worst", "best")
 
     def __init__(
-        self,
-        p_center: float = 0.15 / 8.5,
-        ranking: str | None = None,
-        rank_by: str = "token",
-        all_high_if_fewer_than: int = 0,
-        **kwargs,
+        self, ranking: str | None = None, rank_by: str = "token", special_rank: str = "worst", **kwargs
     ) -> None:
-        super().__init__(p_center=p_center, **kwargs)
+        super().__init__(**kwargs)
         if rank_by not in self.rank_modes:
             raise GMError(f"masking.rank_by must be one of {', '.join(self.rank_modes)}, got {rank_by!r}")
+        if special_rank not in self.special_modes:
+            raise GMError(f"masking.special_rank must be one of {', '.join(self.special_modes)}, got {special_rank!r}")
         from gm.masking.npmi import rank_table  # numpy/csv only; keeps masking importable without NPMI data
 
         self.rank_by = rank_by
         self.ranking = ranking
-        self.all_high_if_fewer_than = int(all_high_if_fewer_than)
+        self.special_rank = special_rank
         table = rank_table(ranking, self.k) if rank_by != "random" else None
         self.rank_table = torch.from_numpy(table).int() if table is not None else None
         # Scores only need the order of the ranks (ties included): dense ranks 1..D (D <= 4**k + 1)
@@ -242,7 +231,10 @@ class GeneMaskMasking(KmerSpanMasking):
         self._dense_table = None
         if table is not None:
             dense = np.unique(table, return_inverse=True)[1].reshape(-1) + 1
-            self._dense_table = torch.from_numpy(np.append(dense, dense.max())).int()
+            dense = np.append(dense, dense.max())
+            if special_rank == "best":
+                dense[:NUM_SPECIAL] = 0  # before every k-mer, as the released code's missing keys
+            self._dense_table = torch.from_numpy(dense).int()
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     def _table(self, device: torch.device) -> torch.Tensor:
@@ -264,28 +256,69 @@ class GeneMaskMasking(KmerSpanMasking):
             scores = table[positions].expand(input_ids.shape)
         return scores.masked_fill(~valid, _INVALID_SCORE)
 
+
+class GeneMaskMasking(NPMIRankedMasking):
+    """GeneMask (Roy et al. 2023): NPMI-guided span masking, spec §2.
+
+    1. centres: each valid position with ``p_center`` (0.15 / 8.5: half the centres mask 6 tokens,
+       half 11, so ~15% of tokens);
+    2. each centre's score is the best (lowest) NPMI rank among the valid tokens of its k-span;
+       ``best(c)`` is the position holding it (ties: the leftmost, or with ``ties="centre"`` the
+       centre itself first, then the leftmost: the released code's scan);
+    3. per sequence, the ceil(m/2) centres with the best scores form the high set (ties: leftmost
+       centre first);
+    4. every centre masks its k-span; a high-set centre also masks the 2k-1 span around
+       ``best(c)``, which hides every base of that k-mer from the unmasked neighbours.
+
+    ``rank_by`` and ``special_rank``: see :class:`NPMIRankedMasking`. ``all_high_if_fewer_than=9``
+    reproduces the released code's rule that a sequence with fewer than 9 centres puts every centre
+    in the high set. ``rank_by=position, special_rank=best, all_high_if_fewer_than=9, ties=centre``
+    is the released code (``masking=genemask_released``, checked against a transcription of it in
+    ``tests/released_reference.py``).
+    """
+
+    name = "genemask"
+    tie_modes = ("leftmost", "centre")
+
+    def __init__(
+        self, p_center: float = 0.15 / 8.5, all_high_if_fewer_than: int = 0, ties: str = "leftmost", **kwargs
+    ) -> None:
+        super().__init__(p_center=p_center, **kwargs)
+        if ties not in self.tie_modes:
+            raise GMError(f"masking.ties must be one of {', '.join(self.tie_modes)}, got {ties!r}")
+        self.all_high_if_fewer_than = int(all_high_if_fewer_than)
+        self.ties = ties
+
     def plan(
         self, input_ids: torch.Tensor, valid: torch.Tensor, centres: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masked positions, the high set, and ``best(c)`` for every position, given the centres.
 
-        Scores are small integers, so ``score * 8 + j`` (j = place in the k-span) orders by score
-        and then leftmost position: one ``amin`` over the k-span gives both the centre's score and
-        ``best(c)``. Keys ``score * L + position`` (int64, any L) are unique, so the ceil(m/2)-th
-        smallest key of a row is a threshold that picks the high set exactly.
+        Scores are small integers, so ``score * 8 + code`` (code = priority of the place j in the
+        k-span: j itself for leftmost ties; 0 for the centre's place and then left to right for
+        centre-first ties) orders by score and then priority: one ``amin`` over the k-span gives
+        both the centre's score and ``best(c)``. Keys ``score * L + position`` (int64, any L) are
+        unique, so the ceil(m/2)-th smallest key of a row is a threshold that picks the high set exactly.
         """
         batch, length = input_ids.shape
         if length == 0:  # nothing to mask (and no k-th smallest key to gather)
             return valid.clone(), valid.clone(), torch.zeros_like(input_ids)
         k, offsets = self.k, kmer_span_offsets(self.k)
+        centre_place = -offsets.start
+        if self.ties == "centre":  # the centre's place first, then the others left to right
+            codes = [0 if j == centre_place else j + 1 if j < centre_place else j for j in range(k)]
+        else:
+            codes = list(range(k))
         scores = self.position_scores(input_ids, valid, generator)
         padded = F.pad(scores << _OFFSET_BITS, (-offsets.start, offsets.stop - 1), value=_INVALID_SCORE << _OFFSET_BITS)
-        span_key = padded[:, :length]
+        span_key = padded[:, :length] | codes[0]
         for j in range(1, k):  # k-1 shifted minima over the batch, not a loop over positions
-            span_key = torch.minimum(span_key, padded[:, j : j + length] | j)
-        centre_score, best_offset = span_key >> _OFFSET_BITS, span_key & ((1 << _OFFSET_BITS) - 1)
+            span_key = torch.minimum(span_key, padded[:, j : j + length] | codes[j])
+        centre_score, code = span_key >> _OFFSET_BITS, span_key & ((1 << _OFFSET_BITS) - 1)
+        if self.ties == "centre":  # back from priority code to place in the k-span
+            code = torch.where(code == 0, centre_place, torch.where(code <= centre_place, code - 1, code))
         index = torch.arange(length, device=input_ids.device)
-        best = index + offsets.start + best_offset
+        best = index + offsets.start + code
 
         # high set: the ceil(m/2) best-scoring centres of each sequence (leftmost first on ties)
         key = torch.where(centres, centre_score.long() * length + index, _NO_CENTRE)  # int64: no overflow for long rows
@@ -304,6 +337,52 @@ class GeneMaskMasking(KmerSpanMasking):
     def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         centres = self.centres(input_ids, valid, generator)
         return self.plan(input_ids, valid, centres, generator)[0]
+
+
+class GlobalPMIMasking(NPMIRankedMasking):
+    """Global-PMI, the baseline of GeneMask's successor (Roy et al., ECAI 2024, "Adaptive Masking").
+
+    Per sequence, m = the number of centres drawn as DNABERT draws them (each valid position with
+    ``p_center``, 0.15 / 11 so that m 11-token spans mask ~15% of tokens); only the count is used,
+    not the draws. The m valid positions whose tokens have the best NPMI rank (ties: leftmost) are
+    chosen, and each masks the 2k-1 span around it (``long_span_offsets``), clipped to valid
+    positions: the sequence's most collocated k-mers are hidden entirely. Spans may overlap, so the
+    masked fraction is a little below 15%.
+
+    ``rank_by`` / ``special_rank``: see :class:`NPMIRankedMasking`. The released code
+    (curriculum-GeneMask, ``Global-pretraining-code.py``) ranks position indices and maps a missing
+    or 0 rank to 4096, the worst, so ``rank_by=position`` with the default ``special_rank=worst`` is
+    its behaviour (up to its tie of positions 1-4 with the worst-ranked k-mer, which matters only
+    when m reaches the row's length). It clips spans to positions 1..end (everything between
+    [CLS] and the last k-mer), ours to valid positions: the same when no [UNK] lies in a span.
+    """
+
+    name = "global_pmi"
+
+    def __init__(self, p_center: float = 0.15 / 11, **kwargs) -> None:
+        super().__init__(p_center=p_center, **kwargs)
+
+    def plan(
+        self, input_ids: torch.Tensor, valid: torch.Tensor, draws: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked positions and the chosen span centres, given the draws (only their count per row matters).
+
+        Keys ``score * L + position`` (int64) are unique per row and order by rank, then leftmost:
+        the m-th smallest key is a threshold that picks exactly the m best valid positions.
+        """
+        length = input_ids.shape[1]
+        if length == 0:  # nothing to choose (and no m-th smallest key to gather)
+            return valid.clone(), valid.clone()
+        scores = self.position_scores(input_ids, valid, generator)
+        index = torch.arange(length, device=input_ids.device)
+        key = torch.where(valid, scores.long() * length + index, _NO_CENTRE)
+        m = (draws & valid).sum(dim=1, keepdim=True)
+        threshold = key.sort(dim=1).values.gather(1, (m - 1).clamp(min=0))
+        chosen = valid & (key <= threshold) & (m > 0)
+        return dilate(chosen, long_span_offsets(self.k)) & valid, chosen
+
+    def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self.plan(input_ids, valid, self.centres(input_ids, valid, generator), generator)[0]
 
 
 class RandomSpanMasking(GeneMaskMasking):

@@ -19,6 +19,7 @@ from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_w
 from transformers.utils import logging as hf_logging
 
 from gm.data.tokenizer import KmerTokenizer, PAD_ID
+from gm.masking.schedules import MaskingSchedule
 from gm.masking.strategies import MaskedBatch, MaskingStrategy
 from gm.utils import GMError, atomic_write_text
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: written beside an exported Hugging Face model: how it was pretrained (read back by fine-tuning)
 PRETRAINING_META = "gm_pretraining.json"
+#: the checkpoint key holding a masking schedule's state (CM-GEMS: its phase and validation history)
+SCHEDULE_KEY = "gm_masking_schedule"
 
 
 def build_bert_config(k: int, **encoder: Any) -> BertConfig:
@@ -71,12 +74,17 @@ class MLMModule(pl.LightningModule):
 
     ``compile`` (True, or ``torch.compile`` options such as ``{"mode": "max-autotune"}``) compiles
     the encoder in place at fit time; the prediction head on the masked positions stays eager.
+
+    ``masking`` may be a :class:`~gm.masking.schedules.MaskingSchedule` (CM-STEP, CM-GEMS): each
+    training batch then gets the strategy the schedule picks from a uniform draw seeded like the
+    masks, the step and its state; the state is saved in checkpoints, validation results feed it,
+    and ``train/masking_phase`` is logged.
     """
 
     def __init__(
         self,
         encoder: dict[str, Any],
-        masking: MaskingStrategy,
+        masking: MaskingStrategy | MaskingSchedule,
         k: int = 6,
         lr: float = 8e-4,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -128,8 +136,62 @@ class MLMModule(pl.LightningModule):
             log.info("model: BERT %d layers x %d hidden, %s parameters, k=%d, masking %s", config.num_hidden_layers,
                      config.hidden_size, get_human_readable_count(params), self.hparams.k, self.hparams.masking_name)
 
-    def mask(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> MaskedBatch:
-        return self.masking(batch["input_ids"], generator)
+    def mask(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None, strategy: MaskingStrategy | None = None
+    ) -> MaskedBatch:
+        """Mask a batch with ``strategy``, by default the module's (a schedule's validation strategy)."""
+        if strategy is None:
+            strategy = self.masking.validation_strategy if isinstance(self.masking, MaskingSchedule) else self.masking
+        return strategy(batch["input_ids"], generator)
+
+    # ------------------------------------------------------------------------------ masking schedules
+    def total_steps(self) -> int:
+        """T of a schedule: the run's optimiser steps (``trainer.max_steps``)."""
+        return int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else 1
+
+    def training_strategy(self, parts: tuple[int, ...]) -> MaskingStrategy:
+        """The strategy that masks the training batch ``parts`` identifies (a schedule's pick, or the one strategy)."""
+        if not isinstance(self.masking, MaskingSchedule):
+            return self.masking
+        draw = step_seed(self.hparams.seed, 5, *parts) / 2.0**63  # host-side: the same on every rank and resume
+        return self.masking.strategy_for(int(self.global_step), self.total_steps(), draw)
+
+    def on_train_start(self) -> None:
+        schedule = self.masking
+        if isinstance(schedule, MaskingSchedule) and schedule.wants_validation_at(int(self.global_step)):
+            self._validate_now()
+
+    def _validate_now(self) -> None:
+        """Run the validation loop now, as Lightning does between two training batches.
+
+        CM-GEMS's first point: the untrained model's validation perplexity, at step 0.
+        """
+        trainer = self.trainer
+        first_iteration = trainer._logger_connector._first_loop_iter
+        trainer.validating = True
+        trainer.fit_loop.epoch_loop.val_loop.run()
+        trainer.training = True
+        trainer._logger_connector._first_loop_iter = first_iteration
+
+    def _schedule_after_validation(self, loss: torch.Tensor) -> None:
+        """Feed a validation perplexity to the schedule; every rank gets rank 0's value, so all decide alike."""
+        schedule = self.masking
+        if not isinstance(schedule, MaskingSchedule) or self.trainer.sanity_checking:
+            return
+        perplexity = self.trainer.strategy.broadcast(float(torch.exp(loss.detach().double())), src=0)
+        step = int(self.global_step)
+        if schedule.after_validation(step, perplexity) and self.trainer.is_global_zero:
+            log.info("masking: validation perplexity %.4g after step %d is within tau=%g of the previous one: "
+                     "switching from %s to %s", perplexity, step, getattr(schedule, "tau", float("nan")),
+                     schedule.first.name, schedule.second.name)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(self.masking, MaskingSchedule):
+            checkpoint[SCHEDULE_KEY] = self.masking.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(self.masking, MaskingSchedule) and SCHEDULE_KEY in checkpoint:
+            self.masking.load_state_dict(checkpoint[SCHEDULE_KEY])
 
     def mlm_loss(self, masked: MaskedBatch, attention_mask: torch.Tensor, accuracy: bool = True) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over masked positions; 0 (not NaN) for a batch with nothing masked.
@@ -167,7 +229,7 @@ class MLMModule(pl.LightningModule):
         device = batch["input_ids"].device
         parts = self.seed_parts(batch, batch_idx)
         seed_dropout(step_seed(self.hparams.seed, 1, *parts), device)
-        masked = self.mask(batch, self._seeded_generator(device, 2, *parts))
+        masked = self.mask(batch, self._seeded_generator(device, 2, *parts), self.training_strategy(parts))
         log_now = self._logs_this_step()
         out = self.mlm_loss(masked, batch["attention_mask"], accuracy=log_now)
         tokens = batch["attention_mask"].sum()
@@ -183,6 +245,8 @@ class MLMModule(pl.LightningModule):
             }
             if self._last_log_time is not None:  # real (non-padding) tokens over all devices since the last log
                 metrics["train/tokens_per_sec"] = self._tokens_since_log * self.trainer.world_size / (now - self._last_log_time)
+            if isinstance(self.masking, MaskingSchedule):  # a Python float: logging it costs no sync
+                metrics["train/masking_phase"] = self.masking.phase(int(self.global_step), self.total_steps())
             self.log_dict(metrics)
             self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)  # the bar, refreshed when logging
             self._tokens_since_log, self._last_log_time = None, now
@@ -203,6 +267,7 @@ class MLMModule(pl.LightningModule):
         # torchmetrics' compute() already reduces over DDP ranks, so every rank holds the same values;
         # sync_dist=True averages equal numbers and stops Lightning warning, once per metric, that they are not synced
         loss = self.val_loss.compute()
+        self._schedule_after_validation(loss)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/perplexity", torch.exp(loss), sync_dist=True)
         self.log("val/accuracy", self.val_accuracy.compute(), sync_dist=True)
