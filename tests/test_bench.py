@@ -74,6 +74,17 @@ def test_train_part_compares_lightning_with_plain_loop_and_hf_trainer(tmp_path: 
     assert "Lightning overhead" in printed and "GPU available" not in printed
 
 
+def test_probe_part_sets_one_probe_beside_the_steps_between_probes(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "--parts", "probe", "--models", "tiny", "--steps", "4", "--max-kmers", "62",
+                       "--probe-tasks", "splice_40", "--probe-shots", "5", "--probe-draws", "2", "--probe-test-size", "30",
+                       "--probe-every", "100")
+    (r,) = [r for r in report["rows"] if r["part"] == "probe"]
+    assert r["every_n_steps"] == 100 and r["step_seconds"] > 0 and r["ours"] > 0
+    assert r["baseline"] == pytest.approx(100 * r["step_seconds"])
+    assert r["probe_share_pct"] == pytest.approx(100 * r["ours"] / (r["ours"] + r["baseline"]))
+    assert "splice_40; 5 shots x 2 draws, test 30" in r["ours_name"]
+
+
 def test_padding_part_measures_share_length_and_gain(tmp_path: Path) -> None:
     report = run_bench(tmp_path, "--parts", "padding", "--models", "tiny", "--padding-batches", "2",
                        "--max-kmers", "62")

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from conftest import TINY, compose_train, random_genome, write_fasta
-from gm.analysis.curves import add_parser, expand_runs, load_runs, plot_curves, read_metrics, run, smooth, strategy_name
+from gm.analysis.curves import add_parser, expand_runs, load_runs, plot_curves, read_metrics, run, seed_band, smooth, strategy_name
 from gm.utils import GMError
 
 LABEL = "L2/H32"  # TINY's model: 2 layers, hidden size 32 (not the tiny preset's 64)
@@ -98,6 +98,40 @@ def test_same_labels_get_folder_names(runs, tmp_path):
     shutil.copytree(runs["genemask"], copy)
     labels = [r.label for r in load_runs([runs["genemask"], copy])]
     assert labels == [f"genemask, {LABEL} [run]", f"genemask, {LABEL} [again]"]
+
+
+def _with_probe(run: Path, copy: Path, mcc: dict[int, float]) -> Path:
+    """A copy of a real run whose metrics.csv also holds ``probe/splice_40/mcc`` rows, as the probe logs them."""
+    import csv
+
+    shutil.copytree(run, copy)
+    path = copy / "csv" / "metrics.csv"
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    fields += ["probe/splice_40/mcc", "probe/splice_40/accuracy"]
+    rows += [{"step": str(step), "probe/splice_40/mcc": str(value), "probe/splice_40/accuracy": "0.5"} for step, value in mcc.items()]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return copy
+
+
+def test_probe_panels_draw_a_mean_and_band_over_runs_with_the_same_label(runs, tmp_path):
+    seeds = [_with_probe(runs["genemask"], tmp_path / f"seed{i}", {0: 0.0, 2: 0.1 * (i + 1), 4: 0.2 + 0.1 * i}) for i in range(3)]
+    other = _with_probe(runs["kmer_span"], tmp_path / "kmer", {0: 0.0, 4: 0.5})
+    out = tmp_path / "probe.png"
+    result = plot_curves([*seeds, other], out)
+    assert result["probe_tasks"] == ["splice_40"] and result["panels"][-1] == "probe MCC: splice_40"
+    assert [r["group"] for r in result["runs"]] == [f"genemask, {LABEL}"] * 3 + [f"kmer_span, {LABEL}"]
+    steps, mean, low, high = seed_band([r for r in load_runs(seeds)], "probe/splice_40/mcc")
+    assert steps.tolist() == [0, 2, 4]
+    np.testing.assert_allclose(mean, [0.0, 0.2, 0.3])
+    np.testing.assert_allclose(low, [0.0, 0.1, 0.2])
+    np.testing.assert_allclose(high, [0.0, 0.3, 0.4])
+    with Image.open(out) as image:
+        assert image.format == "PNG"
 
 
 def test_strategy_names():

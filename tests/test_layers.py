@@ -21,8 +21,9 @@ LAYERS: list[list[str]] = [
     ["gm.data"],
     ["gm.masking"],
     ["gm.models"],
-    ["gm.train", "gm.finetune", "gm.callbacks", "gm.loggers", "gm.config"],  # the pipelines and their glue
+    ["gm.train", "gm.finetune", "gm.callbacks", "gm.loggers", "gm.config", "gm.probe"],  # the pipelines and their glue
     ["gm.analysis", "gm.bench", "gm.experiments"],
+    ["gm.comparison"],  # `python -m gm.comparison`: the short name of gm.experiments.comparison
 ]
 #: units of one layer that must not import one another either
 INDEPENDENT = {"gm.analysis", "gm.bench", "gm.experiments"}

@@ -61,7 +61,12 @@ def test_trainer_configs(tmp_path):
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
 
 
-FINETUNE_EXPERIMENTS = {"paper_grid"}
+#: fine-tuning experiments and the grid each sweeps: (data, shots, seeds)
+FINETUNE_EXPERIMENTS = {
+    "paper_grid": ("prom_core,prom_300,cohn_enh,splice_40", "10,50,100,500,1000", "0,1,2,3,4"),
+    "comparison_finetune": ("prom_core,prom_300,cohn_enh,splice_40", "10,50,100", "0,1,2"),
+    "sample_efficiency_finetune": ("prom_core,prom_300", "10,100", "0,1,2"),
+}
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
@@ -69,8 +74,10 @@ def test_experiment_configs_compose(tmp_path, experiment):
     if experiment in FINETUNE_EXPERIMENTS:
         cfg = compose_train(tmp_path, [f"experiment={experiment}"], config_name="finetune")
         assert cfg.skip_unavailable is True
-        assert cfg.hydra.sweeper.params.data == "prom_core,prom_300,cohn_enh,splice_40"
-        assert cfg.hydra.sweeper.params.shots == "10,50,100,500,1000" and cfg.hydra.sweeper.params.seed == "0,1,2,3,4"
+        params = cfg.hydra.sweeper.params
+        assert (params.data, params.shots, params.seed) == FINETUNE_EXPERIMENTS[experiment]
+        if experiment == "sample_efficiency_finetune":
+            assert cfg.finetune.lr == 5e-4  # chosen on validation shots (the config's comment)
     else:
         cfg = compose_train(tmp_path, [f"experiment={experiment}"])
         assert cfg.trainer.max_steps > 0

@@ -36,7 +36,8 @@ def check_output_folder(path: str | Path, option: str = "--out") -> Path:
 
 # ------------------------------------------------------------------------------------------ CLI
 #: analyses that live in a module of their own, which provides ``add_parser(subparsers)`` and ``run(args)``
-MODULE_COMMANDS = {"motifs": "gm.analysis.motifs", "enrichment": "gm.analysis.enrichment", "curves": "gm.analysis.curves"}
+MODULE_COMMANDS = {"motifs": "gm.analysis.motifs", "enrichment": "gm.analysis.enrichment", "curves": "gm.analysis.curves",
+                   "efficiency": "gm.analysis.efficiency"}
 
 
 def build_parser() -> argparse.ArgumentParser:

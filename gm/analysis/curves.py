@@ -15,6 +15,10 @@ when it is not the default ``pretrain``. Runs that end up with the same label ge
 name appended; ``--labels`` overrides them all.
 
 A Hydra multirun folder (numbered job folders ``0/``, ``1/`` ...) stands for its jobs, in number order.
+
+Runs logged with the probe (``callbacks=probe``: ``probe/<task>/mcc``) get a panel per task: probe MCC
+against step, one line per label (the mean over the runs sharing it, e.g. pretraining seeds of one
+strategy and model) with a band from their minimum to their maximum.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Run:
     metrics: dict[str, tuple[np.ndarray, np.ndarray]]
     config: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    group: str = ""  # the label before a folder name made it unique: runs sharing it form one probe line
 
 
 # ------------------------------------------------------------------------------------------ finding runs
@@ -285,7 +290,9 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
     if labels is not None:
         for run, label in zip(runs, labels):
             run.label = label
-    else:
+    for run in runs:
+        run.group = run.label
+    if labels is None:
         counts: dict[str, int] = {}
         for run in runs:
             counts[run.label] = counts.get(run.label, 0) + 1
@@ -312,11 +319,32 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[idx] - cumulative[start]) / (idx - start)
 
 
+def probe_tasks(runs: Sequence[Run]) -> list[str]:
+    """The tasks any run has probe MCC for (``probe/<task>/mcc``), in first-seen order."""
+    found = [m.split("/")[1] for r in runs for m in r.metrics if m.startswith("probe/") and m.endswith("/mcc")]
+    return list(dict.fromkeys(found))
+
+
+def seed_band(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, min, max) of ``metric`` over ``runs`` at every step any of them logged it (those that did)."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        if metric in run.metrics:
+            for step, value in zip(*run.metrics[metric]):
+                by_step.setdefault(int(step), []).append(float(value))
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    values = [by_step[s] for s in steps.tolist()]
+    return (steps, np.array([np.mean(v) for v in values]), np.array([min(v) for v in values]),
+            np.array([max(v) for v in values]))
+
+
 def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labels: Sequence[str] | None = None,
                 smooth_window: int = 1, title: str = "") -> dict:
     """One PNG, a panel per metric present in any run, one line (one colour) per run, against step.
 
-    Training series are smoothed with a trailing mean of ``smooth_window`` logged points (the raw
+    Probe panels (one per task with ``probe/<task>/mcc``) draw one line per label instead: the mean
+    over the runs sharing it (pretraining seeds), with a band from their minimum to their maximum,
+    in the colour of its first run. Training series are smoothed with a trailing mean of ``smooth_window`` logged points (the raw
     series is drawn faintly behind); validation points are never smoothed.
     """
     from gm.analysis.plots import check_figure_path, pyplot, save_figure
@@ -327,17 +355,36 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     runs = load_runs(paths, labels)
     panels = [(t, [(m, s) for m, s in metrics if any(m in r.metrics for r in runs)], y) for t, metrics, y in PANELS]
     panels = [p for p in panels if p[1]]
+    tasks = probe_tasks(runs)
+    panels += [(f"probe MCC: {task}", [(f"probe/{task}/mcc", "-o")], "MCC (mean over runs; band: min-max)") for task in tasks]
     if not panels:
         found = sorted({m for r in runs for m in r.metrics})
         raise GMError("none of " + ", ".join(str(r.metrics_csv) for r in runs) + " logs train/loss, train/accuracy, "
-                      f"train/masked_fraction, val/accuracy or val/loss (found: {', '.join(found) or 'nothing'})")
+                      f"train/masked_fraction, val/accuracy, val/loss or probe/<task>/mcc (found: {', '.join(found) or 'nothing'})")
     plt = pyplot()
     ncols = 1 if len(panels) == 1 else 2
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     handles: dict[str, Any] = {}
+    groups = list(dict.fromkeys(r.group for r in runs))
     for ax, (panel_title, metrics, ylabel) in zip(axes.flat, panels):
+        if panel_title.startswith("probe MCC: "):  # one line per label, mean over its runs, band min-max
+            for group in groups:
+                members = [r for r in runs if r.group == group]
+                steps, mean, low, high = seed_band(members, metrics[0][0])
+                if not steps.size:
+                    continue
+                colour = colours[runs.index(members[0]) % len(colours)]  # its first run's colour
+                if len(members) > 1:
+                    ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+                (line,) = ax.plot(steps, mean, "-", color=colour, linewidth=1.5, marker="o", markersize=3.5)
+                handles.setdefault(group if len(members) > 1 else members[0].label, line)
+            ax.set_title(panel_title, fontsize=10)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.grid(True, alpha=0.3)
+            continue
         for index, run in enumerate(runs):
             colour = colours[index % len(colours)]
             for metric, style in metrics:
@@ -374,8 +421,10 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     plt.close(fig)
     return {"out": str(path), "runs": [{"folder": str(r.folder), "metrics_csv": str(r.metrics_csv), "label": r.label,
                                         "metrics": sorted(r.metrics), "switch_step": switch_step(r),
-                                        "last_step": max((int(s[-1]) for s, _ in r.metrics.values()), default=None)}
+                                        "last_step": max((int(s[-1]) for s, _ in r.metrics.values()), default=None),
+                                        "group": r.group}
                                        for r in runs],
+            "probe_tasks": tasks,
             "panels": [t for t, _, _ in panels]}
 
 

@@ -1,6 +1,6 @@
 """Benchmarks: our implementation and a baseline, timed side by side in the same process.
 
-    python -m gm.bench [--parts tokenizer data npmi masking step train padding gpu targets]
+    python -m gm.bench [--parts tokenizer data npmi masking step train padding gpu targets probe]
                        [--repeats 5] [--json out.json] [--models tiny logo] [--steps N] ...
 
 Machines are noisy, so each part runs ours and the baseline alternately (interleaved repeats)
@@ -31,6 +31,7 @@ from gm.bench.gpu import bench_gpu
 from gm.bench.masking import bench_masking, bench_step_share
 from gm.bench.npmi import bench_npmi
 from gm.bench.padding import bench_padding
+from gm.bench.probe import bench_probe
 from gm.bench.targets import bench_targets
 from gm.bench.tokenizer import bench_tokenizer
 from gm.bench.train import bench_train
@@ -45,6 +46,7 @@ PARTS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "padding": bench_padding,
     "gpu": bench_gpu,
     "targets": bench_targets,
+    "probe": bench_probe,
 }
 
 
@@ -109,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-batch", type=int,
                         help=f"batch size (full 512-position rows) in the gpu part (default {GPU_BATCH})")
     parser.add_argument("--gpu-steps", type=int, default=20, help="training steps per run in the gpu part")
+    parser.add_argument("--probe-every", type=int, default=1000, help="training steps between two probes in the probe part")
+    parser.add_argument("--probe-tasks", nargs="+", default=["prom_core", "prom_300", "cohn_enh", "splice_40"],
+                        help="few-shot tasks of the probe part")
+    parser.add_argument("--probe-shots", type=int, default=100, help="shots per class in the probe part")
+    parser.add_argument("--probe-draws", type=int, default=3, help="draws of the shots in the probe part")
+    parser.add_argument("--probe-test-size", type=int, default=1000, help="test rows per task in the probe part")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -16,15 +16,19 @@ from gm.models.mlm import weight_decay_groups
 log = logging.getLogger(__name__)
 
 
-def classification_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy, macro-F1 and MCC for every task; AUROC for binary tasks (spec §5)."""
+def classification_metrics(num_classes: int, sync_on_compute: bool = True) -> MetricCollection:
+    """Accuracy, macro-F1 and MCC for every task; AUROC for binary tasks (spec §5).
+
+    ``sync_on_compute=False`` for metrics one rank computes alone (the probe): syncing would wait for the others.
+    """
+    sync = {"sync_on_compute": sync_on_compute}
     metrics = {
-        "accuracy": Accuracy(task="multiclass", num_classes=num_classes),
-        "f1_macro": F1Score(task="multiclass", num_classes=num_classes, average="macro"),
-        "mcc": MatthewsCorrCoef(task="multiclass", num_classes=num_classes),
+        "accuracy": Accuracy(task="multiclass", num_classes=num_classes, **sync),
+        "f1_macro": F1Score(task="multiclass", num_classes=num_classes, average="macro", **sync),
+        "mcc": MatthewsCorrCoef(task="multiclass", num_classes=num_classes, **sync),
     }
     if num_classes == 2:
-        metrics["auroc"] = AUROC(task="binary")
+        metrics["auroc"] = AUROC(task="binary", **sync)
     return MetricCollection(metrics)
 
 
