@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_train, run_cli
+from conftest import TINY, compose_train, run_cli
 from gm.masking.strategies import KmerSpanMasking
 from gm.models.mlm import MLMModule
 from gm.probe import ProbeCallback, balanced_subset, fit_probe
 from gm.train import build, train
 from gm.utils import GMError
-from test_train import _wait_for, train_losses
+from test_train import kill_at_checkpoint, train_losses
 
 #: a probe that takes a second: Splice-40 (40 bases fit TINY's 66 positions), 5 shots, 2 draws, 60 test rows
 SMALL = ["callbacks=probe", "callbacks.probe.tasks=[splice_40]", "callbacks.probe.shots=5", "callbacks.probe.draws=2",
@@ -165,13 +161,7 @@ def test_resume_after_sigkill_with_the_probe_matches_uninterrupted_run(tmp_path,
     expected, expected_probe = train_losses(tmp_path / "full"), probe_values(tmp_path / "full")
     assert [s for s, _ in expected_probe] == [0, 8, 16, 24]
 
-    env = dict(os.environ, GM_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    killed = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path / 'killed'}"],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "killed" / "checkpoints" / "step_0000016.ckpt", killed)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    last = kill_at_checkpoint(tmp_path, common, 16) / "last.ckpt"
     resumed_from = torch.load(last, weights_only=False)["global_step"]
     assert 12 <= resumed_from < 24
 

@@ -5,11 +5,9 @@ and resumed trains exactly like an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +19,13 @@ from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TINY, compose_train, run_cli
+from conftest import ROOT, TINY, compose_train
 from gm.masking.schedules import PlateauSwitch, StepCurriculum, global_pmi_share
 from gm.masking.strategies import GeneMaskMasking, GlobalPMIMasking, KmerSpanMasking
 from gm.models.mlm import SCHEDULE_KEY
 from gm.train import build, train
 from gm.utils import GMError
-from test_train import _wait_for, read_metrics, train_losses
+from test_train import kill_at_checkpoint, read_metrics, train_losses
 
 
 # ------------------------------------------------------------------------------------------ CM-STEP's q
@@ -222,13 +220,7 @@ def test_resume_after_sigkill_past_the_switch_matches_uninterrupted_run(tmp_path
     expected = train_losses(Path(full.paths.output_dir))
     assert sorted(expected) == list(range(16))
 
-    env = dict(os.environ, GM_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    killed = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path / 'killed'}"],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "killed" / "checkpoints" / "step_0000010.ckpt", killed)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
-    checkpoints = tmp_path / "killed" / "checkpoints"
+    checkpoints = kill_at_checkpoint(tmp_path, common, 10)
     for name, start in (("last.ckpt", None), ("step_0000004.ckpt", 4)):
         checkpoint = torch.load(checkpoints / name, weights_only=False)
         step = checkpoint["global_step"]

@@ -196,6 +196,20 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> No
         time.sleep(0.02)
 
 
+def kill_at_checkpoint(tmp_path: Path, args: list[str], step: int) -> Path:
+    """Run ``train.py <args>`` in ``tmp_path/killed``, SIGKILL it once ``step_<step>.ckpt`` exists; its checkpoints folder."""
+    env = dict(os.environ, GM_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    killed = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path / 'killed'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    _wait_for(checkpoints / f"step_{step:07d}.ckpt", killed)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    return checkpoints
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_fasta):
     """Kill a run mid-way with SIGKILL, resume from last.ckpt: the losses continue exactly.
 
@@ -217,15 +231,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small_fasta):
     expected = train_losses(tmp_path / "full")
     assert sorted(expected) == list(range(40))
 
-    env = dict(os.environ, GM_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    killed = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path / 'killed'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    _wait_for(tmp_path / "killed" / "checkpoints" / "step_0000025.ckpt", killed)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    last = kill_at_checkpoint(tmp_path, common, 25) / "last.ckpt"
     resumed_from = torch.load(last, weights_only=False)["global_step"]
     assert 20 <= resumed_from < 40, "the kill should land mid-run"  # 20 if it hit while last.ckpt was written
 

@@ -57,6 +57,18 @@ def run_starts(masked: torch.Tensor) -> torch.Tensor:
     return torch.where(start, index, torch.zeros_like(index)).cummax(dim=1).values
 
 
+def probability(key: str, value: float) -> float:
+    """``value`` if it is a probability, else the one-line error naming ``masking.<key>``."""
+    if not 0.0 <= value <= 1.0:
+        raise GMError(f"masking.{key} must be in [0, 1], got {value}")
+    return value
+
+
+def bernoulli(input_ids: torch.Tensor, valid: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each valid position independently with probability ``p``, drawn on the batch's device."""
+    return valid & (torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < p)
+
+
 class MaskingStrategy:
     """Base class: choose positions with :meth:`select`, then replace them BERT-style.
 
@@ -154,12 +166,10 @@ class BertMasking(MaskingStrategy):
 
     def __init__(self, mlm_probability: float = 0.15, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not 0.0 <= mlm_probability <= 1.0:
-            raise GMError(f"masking.mlm_probability must be in [0, 1], got {mlm_probability}")
-        self.mlm_probability = mlm_probability
+        self.mlm_probability = probability("mlm_probability", mlm_probability)
 
     def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return valid & (torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < self.mlm_probability)
+        return bernoulli(input_ids, valid, self.mlm_probability, generator)
 
 
 class KmerSpanMasking(MaskingStrategy):
@@ -173,12 +183,10 @@ class KmerSpanMasking(MaskingStrategy):
 
     def __init__(self, p_center: float = 0.025, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not 0.0 <= p_center <= 1.0:
-            raise GMError(f"masking.p_center must be in [0, 1], got {p_center}")
-        self.p_center = p_center
+        self.p_center = probability("p_center", p_center)
 
     def centres(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return valid & (torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < self.p_center)
+        return bernoulli(input_ids, valid, self.p_center, generator)
 
     def select(self, input_ids: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return dilate(self.centres(input_ids, valid, generator), kmer_span_offsets(self.k))
