@@ -101,6 +101,17 @@ class StepCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
 
 
+def continue_count(bar: Tqdm, step: int) -> None:
+    """Set a freshly reset bar to ``step`` as its starting count.
+
+    Lightning resets the bar every epoch (count 0, a new clock); jumping it to the step reached
+    counted thousands of steps in no time (rates of millions of it/s, a wrong ETA). Starting the
+    count there makes the rate and ETA those of the steps made since.
+    """
+    bar.initial = bar.last_print_n = step
+    _update_n(bar, step)
+
+
 class StepProgressBar(TQDMProgressBar):
     """One bar for the whole run that counts optimiser steps toward ``max_steps``.
 
@@ -111,7 +122,7 @@ class StepProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, *args)
         if trainer.max_steps and trainer.max_steps > 0:
             self.train_progress_bar.total = trainer.max_steps
-            _update_n(self.train_progress_bar, trainer.global_step)
+            continue_count(self.train_progress_bar, trainer.global_step)
             self.train_progress_bar.set_description(f"step (epoch {trainer.current_epoch})")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:

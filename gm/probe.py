@@ -235,8 +235,14 @@ class ProbeCallback(pl.Callback):
         return metrics
 
     @torch.no_grad()
-    def features(self, task: ProbeTask, pl_module: pl.LightningModule) -> torch.Tensor:
-        """Mean of the encoder's last hidden state over each sequence's real tokens, float64 on the CPU."""
+    def features(self, task: ProbeTask, pl_module: pl.LightningModule, pooling: str = "mean") -> torch.Tensor:
+        """Each sequence's encoder features, float64 on the CPU.
+
+        ``pooling="mean"`` (the probe's): the last hidden state averaged over the real tokens;
+        ``"cls"``: the last hidden state at [CLS], what a fine-tuned classifier's pooler reads.
+        """
+        if pooling not in ("mean", "cls"):
+            raise GMError(f"pooling={pooling!r}: choose mean or cls")
         device = pl_module.device
         encoder = pl_module.model.bert
         out = torch.empty(task.input_ids.shape[0], pl_module.model.config.hidden_size, dtype=torch.float64)
@@ -250,12 +256,18 @@ class ProbeCallback(pl.Callback):
             mask = (torch.arange(width)[None, :] < task.lengths[index][:, None]).to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 hidden = encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            if pooling == "cls":
+                out[index] = hidden[:, 0].double().cpu()
+                continue
             hidden = hidden.float() * mask[..., None]
             out[index] = (hidden.sum(1) / mask.sum(1, keepdim=True)).double().cpu()
         return out
 
     def _probe_task(self, task: ProbeTask, pl_module: pl.LightningModule) -> dict[str, float]:
-        features = self.features(task, pl_module)
+        return self.fit_and_score(task, self.features(task, pl_module))
+
+    def fit_and_score(self, task: ProbeTask, features: torch.Tensor) -> dict[str, float]:
+        """Fit each draw's probe on ``features`` (rows as ``task.row``) and score it on the test rows: the logged metrics."""
         rows = lambda examples: torch.as_tensor([task.row[e.sequence] for e in examples])  # noqa: E731
         labels = lambda examples: torch.as_tensor([e.label for e in examples])  # noqa: E731
         test_x, test_y = features[rows(task.test)], labels(task.test)

@@ -57,7 +57,7 @@ def test_every_analysis_is_a_command():
     from gm.analysis.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"npmi", "masks", "results", "motifs", "enrichment", "curves", "efficiency"}
+    assert set(commands) == {"npmi", "masks", "results", "motifs", "enrichment", "curves", "efficiency", "features"}
 
 
 def test_no_command_writes_into_tracked_docs_by_default():

@@ -4,10 +4,7 @@ scale, and resuming: a second run starts nothing that finished."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-import pytest
 
 from conftest import compose_train
 from gm.experiments import comparison
@@ -146,13 +143,16 @@ def test_the_sample_efficiency_design_runs_the_probe_and_measures_steps(tmp_path
     out = tmp_path / "se"
     probe = ["callbacks.probe.tasks=[splice_40]", "callbacks.probe.every_n_steps=2", "callbacks.probe.shots=10",
              "callbacks.probe.draws=2", "callbacks.probe.test_size=60", "model.hidden_size=32", "data.max_kmers=14"]
-    args = ["--out", str(out), "--maskings", "kmer_span", "--pretrain-seeds", "0", "--stages", "pretrain", "analyze",
+    args = ["--out", str(out), "--maskings", "kmer_span", "--pretrain-seeds", "0", "--stages", "pretrain", "analyze", "--tasks", "splice_40",
             "--jobs", "1", "--pretrain-args", *[a for a in TINY_PRETRAIN if not a.startswith(("model.hidden_size", "data.max_kmers"))], *probe]
     assert comparison.main(args) == 0
     rows = (out / "pretrain" / "kmer_span" / "seed0" / "csv" / "metrics.csv").read_text()
     assert "probe/splice_40/mcc" in rows.splitlines()[0]
     compute = json.loads((out / "compute.json").read_text())
-    assert [(c["stage"], c["name"]) for c in compute] == [("pretrain", "kmer_span-seed0"), ("analyze", "curves"), ("analyze", "efficiency")]
+    assert [(c["stage"], c["name"]) for c in compute] == [("pretrain", "kmer_span-seed0"), ("analyze", "curves"), ("analyze", "efficiency"),
+                                                          ("analyze", "features")]
     assert all(c["returncode"] == 0 for c in compute)
     table = (out / "analysis" / "efficiency.md").read_text()  # a 4-step model: a number, or "ends at chance", never made up
     assert "| splice_40 |" in table and "kmer_span" in table
+    features = json.loads((out / "analysis" / "features" / "features.json").read_text())
+    assert {(r["model"], r["task"]) for r in features} == {("kmer_span-seed0", "splice_40"), ("random init", "splice_40")}

@@ -134,6 +134,14 @@ def test_probe_panels_draw_a_mean_and_band_over_runs_with_the_same_label(runs, t
         assert image.format == "PNG"
 
 
+def test_runs_given_the_same_label_share_one_colour_in_every_panel(runs, tmp_path):
+    """Three seeds labelled alike are one legend entry: drawn in one colour, not three unlabelled ones."""
+    result = plot_curves([runs["genemask"], runs["genemask"], runs["kmer_span"]], tmp_path / "c.png",
+                         labels=["genemask", "genemask", "kmer_span"])
+    colours = [r["colour"] for r in result["runs"]]
+    assert colours[0] == colours[1] != colours[2]
+
+
 def test_strategy_names():
     assert strategy_name({"_target_": "gm.masking.strategies.BertMasking"}) == "bert"
     assert strategy_name({"_target_": "gm.masking.strategies.RandomSpanMasking"}) == "random_span"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -349,3 +350,24 @@ def test_multirun_jobs_get_their_own_folders_and_wandb_runs(tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert (job / "csv" / "metrics.csv").is_file()
         assert OmegaConf.load(job / ".hydra" / "config.yaml").seed == seed
+
+
+def test_the_step_bar_counts_on_across_an_epoch_without_a_burst():
+    """Lightning resets the bar each epoch; the step count goes on from there and the rate counts only new steps."""
+    import time
+
+    from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+    from gm.callbacks import continue_count
+
+    bar = Tqdm(total=12000, file=io.StringIO(), mininterval=0)
+    bar.update(1737)
+    bar.reset(total=12000)  # what Lightning does at the next epoch's start
+    continue_count(bar, 1737)
+    time.sleep(0.05)
+    bar.update(3)
+    info = bar.format_dict
+    rate = (info["n"] - info["initial"]) / info["elapsed"]
+    assert info["n"] == 1740 and rate < 1000  # was 1740 steps in ~0.05 s: tens of thousands of it/s
+    assert "1740/12000" in bar.__str__()
+    bar.close()

@@ -37,7 +37,7 @@ def check_output_folder(path: str | Path, option: str = "--out") -> Path:
 # ------------------------------------------------------------------------------------------ CLI
 #: analyses that live in a module of their own, which provides ``add_parser(subparsers)`` and ``run(args)``
 MODULE_COMMANDS = {"motifs": "gm.analysis.motifs", "enrichment": "gm.analysis.enrichment", "curves": "gm.analysis.curves",
-                   "efficiency": "gm.analysis.efficiency"}
+                   "efficiency": "gm.analysis.efficiency", "features": "gm.analysis.features"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -340,7 +340,7 @@ def seed_band(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray,
 
 def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labels: Sequence[str] | None = None,
                 smooth_window: int = 1, title: str = "") -> dict:
-    """One PNG, a panel per metric present in any run, one line (one colour) per run, against step.
+    """One PNG, a panel per metric present in any run, one line per run, against step; one colour per label.
 
     Probe panels (one per task with ``probe/<task>/mcc``) draw one line per label instead: the mean
     over the runs sharing it (pretraining seeds), with a band from their minimum to their maximum,
@@ -366,6 +366,9 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # one colour per legend label: runs given the same --labels (pretraining seeds) share it in every panel
+    label_colour = {label: colours[i % len(colours)] for i, label in enumerate(dict.fromkeys(r.label for r in runs))}
+    colour_of = lambda run: label_colour[run.label]  # noqa: E731
     handles: dict[str, Any] = {}
     groups = list(dict.fromkeys(r.group for r in runs))
     for ax, (panel_title, metrics, ylabel) in zip(axes.flat, panels):
@@ -375,7 +378,7 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
                 steps, mean, low, high = seed_band(members, metrics[0][0])
                 if not steps.size:
                     continue
-                colour = colours[runs.index(members[0]) % len(colours)]  # its first run's colour
+                colour = colour_of(members[0])  # its first run's colour
                 if len(members) > 1:
                     ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
                 (line,) = ax.plot(steps, mean, "-", color=colour, linewidth=1.5, marker="o", markersize=3.5)
@@ -385,8 +388,8 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(True, alpha=0.3)
             continue
-        for index, run in enumerate(runs):
-            colour = colours[index % len(colours)]
+        for run in runs:
+            colour = colour_of(run)
             for metric, style in metrics:
                 if metric not in run.metrics:
                     continue
@@ -399,10 +402,10 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
                 (line,) = ax.plot(steps, values, style.replace("o", ""), color=colour, linewidth=1.5,
                                   marker=marker, markersize=3.5)
                 handles.setdefault(run.label, line)
-        for index, run in enumerate(runs):  # where a CM-GEMS run switched to its second strategy
+        for run in runs:  # where a CM-GEMS run switched to its second strategy
             switched = switch_step(run)
             if switched is not None:
-                ax.axvline(switched, color=colours[index % len(colours)], linestyle=":", linewidth=1.2)
+                ax.axvline(switched, color=colour_of(run), linestyle=":", linewidth=1.2)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=8)
@@ -422,7 +425,7 @@ def plot_curves(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, labe
     return {"out": str(path), "runs": [{"folder": str(r.folder), "metrics_csv": str(r.metrics_csv), "label": r.label,
                                         "metrics": sorted(r.metrics), "switch_step": switch_step(r),
                                         "last_step": max((int(s[-1]) for s, _ in r.metrics.values()), default=None),
-                                        "group": r.group}
+                                        "group": r.group, "colour": colour_of(r)}
                                        for r in runs],
             "probe_tasks": tasks,
             "panels": [t for t, _, _ in panels]}

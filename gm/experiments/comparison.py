@@ -10,7 +10,8 @@
    ``comparison_finetune.yaml``); fine-tuning seeds are numbered on from one pretraining seed to
    the next, so runs pair by seed across strategies (same pretraining seed, same shots);
 3. aggregate (``analyze.py results``), plot the pretraining and probe curves (``analyze.py
-   curves``) and measure steps to a probe score (``analyze.py efficiency``).
+   curves``), measure steps to a probe score (``analyze.py efficiency``) and the frozen features'
+   geometry on the first task (``analyze.py features``, random initialisation beside).
 
 Every stage is a plain ``train.py``/``finetune.py``/``analyze.py`` command (printed before it
 runs), so the experiment is what a user would type. Running the script again resumes: a
@@ -256,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             if "callbacks=probe" in design.pretrain_args and "kmer_span" in names:
                 commands.append(("efficiency", [sys.executable, str(ROOT / "analyze.py"), "efficiency", *folders,
                                                 "--reference", "kmer_span", "--out", str(out / "analysis")]))
+            if "callbacks=probe" in design.pretrain_args:  # frozen-feature geometry on the first task (issue 15's Prom-core question)
+                commands.append(("features", [sys.executable, str(ROOT / "analyze.py"), "features",
+                                              *[f"{m}-seed{p}={pretrain_dir(out, m, p)}" for m, p in done], "--random-init",
+                                              "--task", tasks[0], "--out", str(out / "analysis" / "features")]))
         if not run_all(commands, out, "analyze", 1, args.dry_run):
             return 1
         if not args.dry_run:
