@@ -5,7 +5,6 @@ code (``released_reference.global_pmi_released_reference``), and the properties 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -30,7 +29,7 @@ from test_genemask import (  # noqa: F401  (rankings is a fixture)
     released_kmer_ranks,
     released_rows,
 )
-from test_masking import check_masked_batch, gen, make_batch
+from test_masking import check_masked_batch, gen, make_batch, no_host_sync
 
 P_GLOBAL = 0.15 / 11
 _MASKERS: dict[tuple, GlobalPMIMasking] = {}
@@ -235,30 +234,6 @@ def test_loop_masking_baseline_matches_the_strategy_statistics():
 
 
 # ------------------------------------------------------------------------------------------ devices, no host sync
-@contextlib.contextmanager
-def no_host_sync(device: str):
-    """Fail on any tensor-to-Python conversion (.item(), bool(), int(), .tolist(), .nonzero()), each
-    of which would wait for a GPU; on CUDA, torch's sync debug mode also turns any synchronising
-    call into an error."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a host-device synchronisation while masking")
-
-    names = ("item", "__bool__", "__int__", "__index__", "tolist", "nonzero")
-    saved = {name: getattr(torch.Tensor, name) for name in names}
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-    try:
-        for name in names:
-            setattr(torch.Tensor, name, refuse)
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
-        if device == "cuda":
-            torch.cuda.set_sync_debug_mode("default")
-
-
 def test_no_host_sync_catches_a_sync():
     with pytest.raises(AssertionError, match="synchronisation"):
         with no_host_sync("cpu"):

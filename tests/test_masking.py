@@ -12,6 +12,7 @@ To add a strategy (GeneMask, its position-ranked variant, the random-span contro
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import CONF, compose_train
 from gm.masking.strategies import IGNORE_INDEX, BertMasking, KmerSpanMasking, MaskingStrategy, dilate, kmer_span_offsets
 from gm.utils import GMError
 
@@ -322,6 +324,50 @@ def test_runs_on_device(name, device):
         strategy.centres = lambda *args: centres
         expected = kmer_span_reference(ids_cpu, centres.cpu(), 6)
         assert torch.equal(strategy(ids, gen(2, device)).masked.cpu(), expected)
+
+
+@contextlib.contextmanager
+def no_host_sync(device: str):
+    """Fail on any tensor-to-Python conversion (.item(), bool(), int(), .tolist(), .nonzero()), each
+    of which would wait for a GPU; on CUDA, torch's sync debug mode also turns any synchronising
+    call into an error."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host-device synchronisation while masking")
+
+    names = ("item", "__bool__", "__int__", "__index__", "tolist", "nonzero")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, refuse)
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+
+
+#: every masking strategy config (the schedules, cm_step and cm_gems, only choose between these)
+STRATEGY_CONFIGS = sorted(p.stem for p in (CONF / "masking").glob("*.yaml") if p.stem not in ("cm_step", "cm_gems"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", STRATEGY_CONFIGS)
+def test_no_masking_strategy_reads_back_to_the_host(tmp_path, name, device):
+    """Masking as configured (the run's own config) never waits for the device: no .item(), no
+    bool(), no .tolist(), and on CUDA nothing torch's sync debug mode calls synchronising."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train(tmp_path, [f"masking={name}", "logger=none"])
+    strategy = instantiate(cfg.masking, k=cfg.k)
+    ids = make_batch(np.random.default_rng(7), 6, [510, 200, 3, 0] * 4, p_unk=0.05, p_special=0.01).to(device)
+    strategy(ids, gen(0, device))  # warm-up: a rank table's one copy to the device
+    with no_host_sync(device):
+        out = strategy(ids, gen(1, device))
+    assert out.masked.device.type == device and out.masked.any()
 
 
 # ------------------------------------------------------------------------------------------ options given to the wrong strategy

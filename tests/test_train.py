@@ -371,3 +371,24 @@ def test_the_step_bar_counts_on_across_an_epoch_without_a_burst():
     assert info["n"] == 1740 and rate < 1000  # was 1740 steps in ~0.05 s: tens of thousands of it/s
     assert "1740/12000" in bar.__str__()
     bar.close()
+
+
+def test_bf16_mixed_precision_trains_on_cpu_under_autocast(tmp_path, monkeypatch):
+    """The mixed-precision path (trainer=gpu's bf16-mixed) tested without a GPU: CPU autocast, finite losses."""
+    import math
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    original = MLMModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(MLMModule, "training_step", recording_step)
+    cfg = compose_train(tmp_path, TINY + ["trainer.precision=bf16-mixed", "trainer.max_steps=3", "logger=csv", "masking=genemask"])
+    train(cfg)
+    assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
+    losses = train_losses(Path(cfg.paths.output_dir))
+    assert losses and all(math.isfinite(v) for v in losses.values())
+    val = [float(r["val/loss"]) for r in read_metrics(Path(cfg.paths.output_dir)) if r.get("val/loss")]
+    assert val and all(math.isfinite(v) for v in val)
