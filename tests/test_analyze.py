@@ -103,3 +103,12 @@ def test_a_folder_as_output_file_via_the_cli_gives_no_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: --out {tmp_path} is a directory")
+
+
+@pytest.mark.parametrize("command", [["efficiency", "some_run"], ["features", "some_model"]])
+def test_report_commands_refuse_an_output_folder_that_is_a_file_before_any_work(tmp_path, command):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file\n")
+    result = run_cli("analyze.py", [*command, "--out", str(blocker)], tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == f"error: --out {blocker} is a file; give a folder (the files are written into it)\n"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from gm.masking.npmi import SCORES
-from gm.utils import GMError
+from gm.utils import GMError, atomic_write_text
 
 log = logging.getLogger("gm.analysis.cli")
 
@@ -32,6 +34,12 @@ def check_output_folder(path: str | Path, option: str = "--out") -> Path:
         where = "is a file" if blocker == path else f"lies under {blocker}, a file"
         raise GMError(f"{option} {path} {where}; give a folder (the files are written into it)")
     return path
+
+
+def write_report(out: Path, stem: str, markdown: str, data: Any) -> None:
+    """``<stem>.md`` and ``<stem>.json`` into the folder ``out``, each written atomically."""
+    atomic_write_text(out / f"{stem}.md", markdown)
+    atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -79,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    if args.command in MODULE_COMMANDS:
-        return importlib.import_module(MODULE_COMMANDS[args.command]).run(args)
     try:
+        if args.command in MODULE_COMMANDS:  # the same one-line error boundary as the commands below
+            return importlib.import_module(MODULE_COMMANDS[args.command]).run(args)
         if args.command == "npmi":
             out = args.out or ROOT / "outputs" / "npmi" / f"{args.fasta.name.split('.')[0]}.k{args.k}.{args.score}.csv"
             from gm.analysis.ranking import npmi

@@ -13,9 +13,7 @@ and a strategy with a censored seed gets no mean.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from gm.analysis.curves import load_runs, strategy_name
-from gm.utils import GMError, atomic_write_text
+from gm.utils import GMError
 
 PREFIX = "probe/"
 
@@ -134,14 +132,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rows = steps_to_threshold(args.runs, args.reference, args.fraction)
-        text = to_markdown(rows, args.reference, args.fraction)
-        print(text, end="")
-        if args.out is not None:
-            atomic_write_text(args.out / "efficiency.md", text)
-            atomic_write_text(args.out / "efficiency.json", json.dumps([r.summary() for r in rows], indent=2) + "\n")
-    except GMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """The ``efficiency`` command (errors: :func:`gm.analysis.cli.main`'s one-line boundary)."""
+    from gm.analysis.cli import check_output_folder, write_report
+
+    if args.out is not None:
+        check_output_folder(args.out)
+    rows = steps_to_threshold(args.runs, args.reference, args.fraction)
+    text = to_markdown(rows, args.reference, args.fraction)
+    print(text, end="")
+    if args.out is not None:
+        write_report(args.out, "efficiency", text, [r.summary() for r in rows])
     return 0

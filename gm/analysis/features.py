@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +33,7 @@ from gm.data.tasks import TASKS
 from gm.data.tokenizer import KmerTokenizer
 from gm.models.pretrained import RANDOM_INIT, load_classifier, model_label
 from gm.probe import ProbeCallback
-from gm.utils import GMError, atomic_write_text
+from gm.utils import GMError
 
 POOLINGS = ("mean", "cls")
 STATISTICS = ("cosine", "effective_rank", "top_pc", "between_class", "norm", "pc1_gc")
@@ -173,16 +171,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if not args.models:
-            raise GMError("give at least one model (a pretraining run folder, hf folder or .ckpt)")
-        records = measure(args.models, args.task, args.random_init, args.shots, args.draws, args.rows, args.seed)
-        text = to_markdown(records)
-        print(text, end="")
-        if args.out is not None:
-            atomic_write_text(args.out / "features.md", text)
-            atomic_write_text(args.out / "features.json", json.dumps(records, indent=2) + "\n")
-    except GMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """The ``features`` command (errors: :func:`gm.analysis.cli.main`'s one-line boundary)."""
+    from gm.analysis.cli import check_output_folder, write_report
+
+    if args.out is not None:
+        check_output_folder(args.out)  # before a minute of encoding, not after
+    if not args.models:
+        raise GMError("give at least one model (a pretraining run folder, hf folder or .ckpt)")
+    records = measure(args.models, args.task, args.random_init, args.shots, args.draws, args.rows, args.seed)
+    text = to_markdown(records)
+    print(text, end="")
+    if args.out is not None:
+        write_report(args.out, "features", text, records)
     return 0
