@@ -98,13 +98,19 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (killed, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (not Linux): trust kill()
         return True
-    return True
+    return state not in (b"Z", b"X")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -6,4 +6,7 @@
 #   bash scripts/gpu_check.sh [out folder]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python -m gm.bench.gpu_check "$@"
+# the project's virtual environment when none is active (README: python3 -m venv .venv)
+python=python
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then python=.venv/bin/python; fi
+exec "$python" -m gm.bench.gpu_check "$@"

@@ -34,7 +34,7 @@ def expected_codes(seq: str) -> np.ndarray:
 
 
 def cache_entries(root: Path) -> list[str]:
-    """What a cache root holds, less the (empty, harmless) lock files that serialise builders."""
+    """What a cache root or download folder holds, less the lock files that serialise builders (they hold no data)."""
     return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock"))
 
 
@@ -269,6 +269,22 @@ def test_pack_unpack_round_trip(values):
     if codes.size:
         positions = np.random.default_rng(codes.size).integers(0, codes.size, 50)
         np.testing.assert_array_equal(unpack(packed, positions), codes[positions])
+
+
+@given(st.lists(st.sampled_from([0, 1, 2, 3, 4]), max_size=200))
+def test_acgt_runs_are_the_maximal_runs(codes):
+    """Against the obvious loop: every maximal run of codes 0-3, half-open, in order."""
+    from gm.data.fasta import acgt_runs
+
+    want, start = [], None
+    for i, code in enumerate(codes + [4]):
+        if code != 4 and start is None:
+            start = i
+        elif code == 4 and start is not None:
+            want.append((start, i))
+            start = None
+    starts, ends = acgt_runs(np.array(codes, dtype=np.uint8))
+    assert list(zip(starts.tolist(), ends.tolist())) == want
 
 
 def test_pack_layout_and_large_random_arrays():
@@ -609,7 +625,7 @@ def test_fetch_file_url_once_atomically(tmp_path, monkeypatch):
     downloads = tmp_path / "downloads"
     got = fetch(source.as_uri(), downloads)
     assert got == downloads / "genome.fa.gz" and got.read_bytes() == source.read_bytes()
-    assert sorted(p.name for p in downloads.iterdir()) == ["genome.fa.gz"]  # no .part left over
+    assert cache_entries(downloads) == ["genome.fa.gz"]  # no .part left over
     stamp = got.stat().st_mtime_ns
 
     def no_download(*args, **kwargs):
@@ -629,7 +645,7 @@ def test_fetch_missing_url(tmp_path):
     with pytest.raises(GMError) as info:
         fetch(url, tmp_path / "downloads")
     assert url in str(info.value) and "download failed" in str(info.value)
-    assert list((tmp_path / "downloads").iterdir()) == []  # neither the target nor a .part file
+    assert cache_entries(tmp_path / "downloads") == []  # neither the target nor a .part file
 
 
 class FakeResponse:
@@ -669,11 +685,11 @@ def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch, then, error)
         fetch(url, tmp_path / "downloads")
     if error is GMError:
         assert url in str(info.value)
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert cache_entries(tmp_path / "downloads") == []
     # a complete download lands under the URL path's name
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: FakeResponse([b"x" * 60, b"y" * 40], 100))
     assert fetch(url, tmp_path / "downloads").read_bytes() == b"x" * 60 + b"y" * 40
-    assert [p.name for p in (tmp_path / "downloads").iterdir()] == ["hg.fa.gz"]
+    assert cache_entries(tmp_path / "downloads") == ["hg.fa.gz"]
 
 
 def _build_in_child(args: tuple[str, str]) -> tuple[str, int]:

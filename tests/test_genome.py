@@ -402,6 +402,22 @@ def test_datamodule_on_generated_multi_record_genome(tmp_path, genome):
     assert abs(sum(k[2] for k in val_keys) / sum(k[2] for k in train_keys + val_keys) - 0.2) < 0.1
 
 
+def test_datamodule_windows_of_any_rank_are_its_setup_datasets_share(tmp_path, genome):
+    """``windows(split, rank, world)`` is what ``setup`` builds for that rank: the 8 ranks' plans of
+    a world of 8 are the global batches dealt in turn, and rank 0 of 1 is setup's own plan."""
+    fasta, _ = genome
+    dm = datamodule(fasta, tmp_path / "cache")
+    assert plan_keys(dm.windows("train", 0, 1), 0) == plan_keys(dm.train_set, 0)
+    assert plan_keys(dm.windows("validation", 0, 1), 0) == plan_keys(dm.val_set, 0)
+    whole = in_batches(plan_keys(dm.train_set, 0), dm.batch_size)
+    shards = [in_batches(plan_keys(dm.windows("train", rank, 8), 0), dm.batch_size) for rank in range(8)]
+    per_rank = len(whole) // 8
+    assert all(len(shard) == per_rank for shard in shards)
+    assert [batch for step in zip(*shards) for batch in step] == whole[: per_rank * 8]
+    with pytest.raises(ValueError, match="split must be"):
+        dm.windows("test", 0, 1)
+
+
 def test_datamodule_on_shipped_genome(tmp_path):
     dm = datamodule(
         SAMPLE, tmp_path / "cache", max_kmers=510, batch_size=10, split_block=100_000, val_fraction=0.1, max_offset=1000

@@ -22,6 +22,17 @@ def test_without_cuda_the_script_says_so_in_one_line_and_runs_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_a_python_without_torch_is_one_line(tmp_path, monkeypatch, capsys):
+    """Run outside the project's environment (no torch): say which Python and what to do, exit 2."""
+    from gm.bench import gpu_check
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    assert gpu_check.main([str(tmp_path / "check")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sys.executable} cannot import torch") and err.count("\n") == 1
+    assert "activate the project's virtual environment" in err and not (tmp_path / "check").exists()
+
+
 def test_every_step_runs_and_is_reported_even_after_a_failure(tmp_path):
     outcomes = {"a": (0, "3 passed in 1.0s\n"), "b": (1, "boom\n1 failed, 2 passed in 2.0s\n"), "c": (124, "(stopped after 5 s)")}
     plan = [Step(name, [name], 5, lambda out, text: {"seen": text.strip().splitlines()[-1]}) for name in outcomes]

@@ -314,6 +314,27 @@ def test_a_killed_writers_temporaries_are_removed_and_a_live_writers_kept(tmp_pa
         live.wait()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see a zombie")
+def test_a_killed_writer_not_yet_reaped_counts_as_dead(tmp_path):
+    """A writer killed but not yet reaped by its parent (a zombie) is dead: its temporaries go.
+
+    Another process waiting for it (a rank waiting for the genome cache's builder) would otherwise
+    keep a half-built ~1 GB folder until the parent (torchrun, srun) gets round to reaping it.
+    """
+    killed = spawn(WRITER, str(tmp_path))
+    try:
+        assert killed.stdout.readline().strip() == "ready"
+        os.kill(killed.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{killed.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":  # not reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert len(remove_stale_temporaries(tmp_path)) == 2
+        assert not [p for p in tmp_path.iterdir() if f"~{killed.pid}~" in p.name]
+    finally:
+        killed.wait(timeout=30)
+
+
 def test_training_removes_a_killed_runs_temporaries(tmp_path):
     cfg = compose_train(tmp_path, TINY + ["trainer.max_steps=1", "logger=csv"])
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"

@@ -1,13 +1,14 @@
 """Benchmarks: our implementation and a baseline, timed side by side in the same process.
 
-    python -m gm.bench [--parts tokenizer data npmi masking step train padding gpu targets probe]
+    python -m gm.bench [--parts tokenizer data npmi masking step train padding gpu targets probe scale]
                        [--repeats 5] [--json out.json] [--models tiny logo] [--steps N] ...
 
 Machines are noisy, so each part runs ours and the baseline alternately (interleaved repeats)
 and reports medians and their ratio; the ratio is the figure to compare across machines. Every
 candidate's peak memory is recorded too (peak RSS of the process on CPU, peak allocated CUDA
 memory on a GPU). A part is a function ``(args) -> list of rows`` registered in :data:`PARTS`;
-add new ones there. ``targets`` is added automatically when ``data`` runs.
+add new ones there. ``targets`` is added automatically when ``data`` runs; ``scale`` (whole genomes,
+most of an hour) runs only when named.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +35,7 @@ from gm.bench.masking import bench_masking, bench_step_share
 from gm.bench.npmi import bench_npmi
 from gm.bench.padding import bench_padding
 from gm.bench.probe import bench_probe
+from gm.bench.scale import SCALE_DISK_BYTES_PER_GB, bench_scale
 from gm.bench.targets import bench_targets
 from gm.bench.tokenizer import bench_tokenizer
 from gm.bench.train import bench_train
@@ -47,7 +51,10 @@ PARTS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "gpu": bench_gpu,
     "targets": bench_targets,
     "probe": bench_probe,
+    "scale": bench_scale,
 }
+#: parts run only when asked for: ``scale`` writes genomes of up to 3.1 Gb and takes most of an hour
+OPT_IN = {"scale"}
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -92,7 +99,8 @@ def format_row(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gm.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=[p for p in PARTS if p not in OPT_IN],
+                        help=f"default: all but {', '.join(sorted(OPT_IN))}")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per candidate (median); "
                         "training parts use max(2, repeats // 2)")
     parser.add_argument("--windows", type=int, default=1000, help="windows per timed run (tokenizer; data baseline)")
@@ -117,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-shots", type=int, default=100, help="shots per class in the probe part")
     parser.add_argument("--probe-draws", type=int, default=3, help="draws of the shots in the probe part")
     parser.add_argument("--probe-test-size", type=int, default=1000, help="test rows per task in the probe part")
+    parser.add_argument("--scale-sizes", nargs="+", type=float, default=[0.1, 1.0, 3.1],
+                        help="genome sizes (Gb) of the scale part")
+    parser.add_argument("--scale-formats", nargs="+", choices=["plain", "gzip", "bgzip"],
+                        help="FASTA variants whose cache build the scale part times (default: all three)")
+    parser.add_argument("--scale-dir", type=Path, help="where the scale part writes its genomes (default: the "
+                        "system's temporary folder; 3.1 Gb needs about 7 GB free)")
+    parser.add_argument("--scale-cpu", type=int, help="the CPU the scale part's stages are pinned to (default: the last)")
+    parser.add_argument("--scale-batches", type=int, default=2000, help="batches timed for the scale part's loader rate")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -127,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must exceed the {WARMUP_STEPS} warm-up steps")
     if args.gpu_steps <= WARMUP_STEPS:
         parser.error(f"--gpu-steps must exceed the {WARMUP_STEPS} warm-up steps")
+    if any(size <= 0 or size > 10 for size in args.scale_sizes):
+        parser.error("--scale-sizes must be in (0, 10] Gb")
+    if args.scale_dir is not None and not args.scale_dir.is_dir():
+        parser.error(f"--scale-dir {args.scale_dir}: not a folder")
+    if args.scale_cpu is not None and hasattr(os, "sched_getaffinity") and args.scale_cpu not in os.sched_getaffinity(0):
+        parser.error(f"--scale-cpu {args.scale_cpu}: not one of this process's CPUs {sorted(os.sched_getaffinity(0))}")
+    if args.scale_batches < 1:
+        parser.error("--scale-batches must be at least 1")
+    if "scale" in args.parts:
+        folder = args.scale_dir or Path(tempfile.gettempdir())
+        free, need = shutil.disk_usage(folder).free, max(args.scale_sizes) * SCALE_DISK_BYTES_PER_GB
+        if free < need:
+            parser.error(f"{folder}: {free / 1e9:.1f} GB free, but the {max(args.scale_sizes):g} Gb genome of the "
+                         f"scale part needs about {need / 1e9:.1f} GB (choose another --scale-dir)")
     parts = list(dict.fromkeys(args.parts))
     if "data" in parts and "targets" not in parts:
         parts.append("targets")

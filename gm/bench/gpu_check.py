@@ -144,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0]) if argv else ROOT / "outputs" / "gpu_check" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     try:
-        import torch
-
+        try:
+            import torch
+        except ImportError as err:
+            raise GMError(f"{sys.executable} cannot import torch ({err}); activate the project's virtual "
+                          "environment (README: python3 -m venv .venv && . .venv/bin/activate && "
+                          "pip install -r requirements.txt); nothing was run") from err
         if not torch.cuda.is_available():
             raise GMError("no CUDA device: the GPU check needs one (torch "
                           f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); nothing was run")

@@ -404,6 +404,8 @@ class GenomeDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.download_dir = download_dir or os.path.join(cache_dir, "downloads")
         self.cache: GenomeCache | None = None
+        self.train_regions: Regions | None = None
+        self.val_regions: Regions | None = None
         self.train_set: GenomeWindows | None = None
         self.val_set: GenomeWindows | None = None
         self._train_loader: ResumableLoader | None = None
@@ -423,33 +425,46 @@ class GenomeDataModule(pl.LightningDataModule):
         # Another rank's prepare_data built the cache; loading verifies it matches the source.
         self.cache = build_or_load_cache(self.fasta_path, self.cache_dir, self.min_bases)
         self._check_length(self.cache)
-        train_regions, val_regions = split_regions(self.cache, self.split_block, self.val_fraction, self.split_seed)
+        self.train_regions, self.val_regions = split_regions(self.cache, self.split_block, self.val_fraction, self.split_seed)
         rank, world = _rank_and_world(self.trainer)
-        common = dict(
+        self.train_set = self.windows("train", rank, world)
+        self.val_set = self.windows("validation", rank, world)
+        if self.train_set.num_batches(0) == 0:
+            raise GMError(
+                f"{self.fasta}: the training split ({self.train_regions.bases} bases) gives no window for rank "
+                f"{rank} of {world}; use a larger genome or fewer devices"
+            )
+        log.info(
+            "genome %s: %d bases in %d segments; train %d bases, validation %d bases",
+            self.fasta, self.cache.total_bases, len(self.cache.seg_length), self.train_regions.bases, self.val_regions.bases,
+        )
+
+    def windows(self, split: str, rank: int, world_size: int) -> GenomeWindows:
+        """The windows ``rank`` of ``world_size`` serves from ``split`` ("train" or "validation"), after ``setup``.
+
+        Validation windows depend on the split alone (its seed is ``split_seed``), so runs with
+        different seeds are compared on the same windows.
+        """
+        assert self.cache is not None and self.train_regions is not None and self.val_regions is not None, "call setup() first"
+        if split not in ("train", "validation"):
+            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+        train = split == "train"
+        return GenomeWindows(
+            self.cache,
+            self.train_regions if train else self.val_regions,
+            self.tokenizer,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            train=train,
             min_bases=self.min_bases,
             max_bases=self.max_bases,
             p_max_length=self.p_max_length,
             max_offset=self.max_offset,
             reverse_complement=self.reverse_complement,
-            seed=self.seed,
+            seed=self.seed if train else self.split_seed,
             rank=rank,
-            world_size=world,
+            world_size=world_size,
             bucket_batches=self.bucket_batches,
             pad_to_multiple_of=self.pad_to_multiple_of,
-        )
-        self.train_set = GenomeWindows(self.cache, train_regions, self.tokenizer, batch_size=self.batch_size, train=True, **common)
-        # validation windows depend on the split alone, so runs with different seeds are compared on the same windows
-        self.val_set = GenomeWindows(
-            self.cache, val_regions, self.tokenizer, batch_size=self.val_batch_size, train=False, **{**common, "seed": self.split_seed}
-        )
-        if self.train_set.num_batches(0) == 0:
-            raise GMError(
-                f"{self.fasta}: the training split ({train_regions.bases} bases) gives no window for rank "
-                f"{rank} of {world}; use a larger genome or fewer devices"
-            )
-        log.info(
-            "genome %s: %d bases in %d segments; train %d bases, validation %d bases",
-            self.fasta, self.cache.total_bases, len(self.cache.seg_length), train_regions.bases, val_regions.bases,
         )
 
     def _check_length(self, cache: GenomeCache) -> None:
