@@ -370,6 +370,7 @@ def _exclusive(lock_path: Path, what: str, doing: str = "built") -> Iterator[Non
     """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
+        locked = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -390,6 +391,8 @@ def _exclusive(lock_path: Path, what: str, doing: str = "built") -> Iterator[Non
                 "%s: this file system has no file locks (%s), so processes starting together may each make %s",
                 lock_path.parent, os.strerror(err.errno), what,
             )
+            locked = False
+        if not locked:  # outside the except clause: the body's own errors are not chained to flock's
             yield
             return
         try:
