@@ -52,7 +52,7 @@ def test_the_check_commands_still_select_tests_and_compose(tmp_path):
     assert list(plan) == ["cuda-tests", "no-host-sync", "bench-gpu", "train-dnabert"]
     for name in ("cuda-tests", "no-host-sync"):
         command = plan[name].command
-        collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *command[command.index("-k"):]],
+        collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", *command[command.index("-k"):]],
                                    cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert collected.returncode == 0, collected.stdout[-2000:]
         assert "[cuda" in collected.stdout or "-cuda" in collected.stdout, name

@@ -85,9 +85,9 @@ def _train_summary(out: Path, text: str) -> dict:
 def steps(out: Path) -> list[Step]:
     python = sys.executable
     return [
-        Step("cuda-tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda and not reads_back_to_the_host", "tests"],
+        Step("cuda-tests", [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-k", "cuda and not reads_back_to_the_host", "tests"],
              300, _pytest_summary),
-        Step("no-host-sync", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "reads_back_to_the_host and cuda",
+        Step("no-host-sync", [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-k", "reads_back_to_the_host and cuda",
                               "tests/test_masking.py"], 120, _pytest_summary),
         Step("bench-gpu", [python, "-m", "gm.bench", "--parts", "gpu", "--repeats", "2", "--json", str(out / "bench_gpu.json")],
              240, _bench_summary),
