@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gm.bench.common import MIB, Measured, row
+from gm.bench.common import MIB, Measured, _reset_peak_rss, _status_mib, row
 
 TARGET_SECONDS = {"cache": 600.0, "npmi": 300.0}  # at 3.1 Gb, one core
 TARGET_PEAK_MIB = 4096.0
@@ -39,21 +39,9 @@ _ENV_ONE_CORE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_T
 
 
 # ------------------------------------------------------------------------------------------ in the child process
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _reset_peak() -> float:
     """Reset the peak RSS to the current RSS (Linux); return the current RSS in MiB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
+    _reset_peak_rss()
     return _status_mib("VmRSS")
 
 
@@ -209,9 +197,9 @@ def bench_scale(args: argparse.Namespace) -> list[dict]:
             print(f"# scale {size:g} Gb: genome written in {generated:.0f} s "
                   f"({', '.join(f'{f} {m:.0f} MiB' for f, m in common['file_mib'].items())})", file=sys.stderr, flush=True)
             kept_cache: Path | None = None
+            min_bases = GenomeDataModule(str(paths[formats[0]])).min_bases  # the data config's default
             for fmt in formats:
                 cache_dir = folder / f"cache-{fmt}"
-                min_bases = GenomeDataModule(str(paths[fmt]), cache_dir=str(cache_dir)).min_bases  # the data config's default
                 got = run_stage("cache", str(paths[fmt]), str(cache_dir), str(min_bases), cpu=args.scale_cpu)
                 timings[(f"cache {fmt}", size)] = got["seconds"]
                 met = _met(size, got["seconds"], TARGET_SECONDS["cache"], got["peak_rss_mib"])

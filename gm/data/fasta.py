@@ -67,12 +67,12 @@ def fetch(url: str, directory: str | os.PathLike) -> Path:
     the file lock and find the file there.
     """
     target = fetch_target(url, directory)
-    name = target.name
-    if target.is_file() and target.stat().st_size > 0:
+    downloaded = lambda: target.is_file() and target.stat().st_size > 0  # noqa: E731 (atomic: never a partial file)
+    if downloaded():
         return target
     try:
-        with _exclusive(target.with_name(f".{name}.lock"), f"the download {target}", "downloaded"):
-            if target.is_file() and target.stat().st_size > 0:  # downloaded by another process while this one waited
+        with _exclusive(target.with_name(f".{target.name}.lock"), f"the download {target}", "downloaded"):
+            if downloaded():  # by another process while this one waited
                 return target
             remove_stale_temporaries(target.parent)  # a killed download's partial file
             _download(url, target)
